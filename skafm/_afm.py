@@ -1,0 +1,462 @@
+"""The public estimators: AFMRegressor and AFMClassifier."""
+
+import numpy as np
+from scipy.special import expit, log_expit, log_softmax, softmax
+from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context
+from sklearn.utils.multiclass import check_classification_targets
+
+from ._base import BaseAFM, unchanged_on_failure
+
+_PARAMETERS_DOC = """
+    n_factors : int, default=32
+        Size k of the feature embeddings.
+
+    attention_size : int, default=32
+        Number of hidden units t of the attention network.
+
+    attention : bool, default=True
+        Whether to weigh feature interactions with the attention network. If
+        False, interactions are summed with equal weights and the model is a
+        plain factorization machine (FM).
+
+    alpha : float, default=1e-5
+        Strength of the L2 penalty on the embeddings and linear weights. Each
+        sample adds ``alpha`` times the squared norm of the parameters of its
+        own active features, so the cost of a step does not grow with
+        ``n_features``.
+
+    attention_alpha : float, default=0.0
+        Strength of the L2 penalty on the weight matrix W of the attention
+        network (the paper's lambda).
+
+    dropout : float, default=0.0
+        Dropout rate on the pooled interaction vector during training. Never
+        applied at prediction time.
+
+    attention_dropout : float, default=0.0
+        Dropout rate on the attention weights during training. Never applied
+        at prediction time.
+
+    optimizer : {"adam", "adagrad"}, default="adam"
+        Stochastic optimizer. Both update only the embedding and linear rows
+        of the features present in a mini-batch ("adam" uses lazy sparse Adam
+        for these tables).
+
+    learning_rate_init : float, default=0.01
+        Learning rate of the optimizer.
+
+    batch_size : int, default=256
+        Number of samples per mini-batch.
+
+    max_iter : int, default=100
+        Maximum number of epochs (passes over the training data).
+
+    tol : float, default=1e-4
+        Tolerance for the optimization: training stops when the training loss
+        has not improved by at least ``tol`` for ``n_iter_no_change``
+        consecutive epochs.
+
+    n_iter_no_change : int, default=10
+        Number of epochs without improvement of at least ``tol`` before
+        training stops.
+
+    shuffle : bool, default=True
+        Whether to shuffle the samples in each epoch.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds parameter initialization, shuffling and dropout. Pass an int for
+        reproducible results across calls; torch's global random state is
+        never used or changed.
+
+    device : {"cpu", "cuda", "auto"}, default="cpu"
+        Where the network is trained and evaluated. "auto" uses a CUDA GPU
+        when one is available. Fitted models are always pickled with their
+        weights on the CPU, so they load on machines without a GPU.
+
+    verbose : int, default=0
+        Print the training loss and time of each epoch when positive.
+"""
+
+_ATTRIBUTES_DOC = """
+    n_features_in_ : int
+        Number of features seen during :term:`fit`.
+
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Names of features seen during :term:`fit`. Defined only when `X`
+        has feature names that are all strings.
+
+    n_iter_ : int
+        Number of epochs run.
+
+    t_ : int
+        Number of training samples seen by the optimizer (epochs times
+        samples).
+
+    loss_curve_ : list of float
+        Training objective (mean loss plus penalties) after each epoch.
+
+    module_ : torch.nn.Module
+        The fitted network.
+"""
+
+_REFERENCES_DOC = """
+    References
+    ----------
+    Jun Xiao, Hao Ye, Xiangnan He, Hanwang Zhang, Fei Wu and Tat-Seng Chua.
+    "Attentional Factorization Machines: Learning the Weight of Feature
+    Interactions via Attention Networks." IJCAI 2017. arXiv:1708.04617.
+"""
+
+_DEFAULTS = dict(
+    n_factors=32,
+    attention_size=32,
+    attention=True,
+    alpha=1e-5,
+    attention_alpha=0.0,
+    dropout=0.0,
+    attention_dropout=0.0,
+    optimizer="adam",
+    learning_rate_init=0.01,
+    batch_size=256,
+    max_iter=100,
+    tol=1e-4,
+    n_iter_no_change=10,
+    shuffle=True,
+    random_state=None,
+    device="cpu",
+    verbose=0,
+)
+
+
+class AFMRegressor(RegressorMixin, BaseAFM):
+    __doc__ = f"""Attentional factorization machine for regression.
+
+    Models a target as a global bias, a linear term and the attention-weighted
+    sum of the pairwise interactions of each sample's active (non-zero)
+    features, trained on the squared error. Built for sparse one-hot data such
+    as the output of :class:`~sklearn.preprocessing.OneHotEncoder`; dense
+    real-valued features work too (each embedding is scaled by its value).
+    Sparse inputs are never densified.
+
+    The target is standardized internally; predictions are in its original
+    units.
+
+    Parameters
+    ----------{_PARAMETERS_DOC}
+    Attributes
+    ----------{_ATTRIBUTES_DOC}
+    See Also
+    --------
+    AFMClassifier : Attentional factorization machine for classification.
+{_REFERENCES_DOC}
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import OneHotEncoder
+    >>> from skafm import AFMRegressor
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.randint(0, 4, size=(300, 3))
+    >>> y = (X[:, 0] == X[:, 1]) * 2.0 + X[:, 2] + rng.normal(0, 0.1, 300)
+    >>> model = make_pipeline(
+    ...     OneHotEncoder(handle_unknown="ignore"),
+    ...     AFMRegressor(random_state=0),
+    ... ).fit(X, y)
+    >>> model.predict(X[:2]).shape
+    (2,)
+    >>> model.score(X, y) > 0.9
+    True
+    """
+
+    def __init__(
+        self,
+        *,
+        n_factors=_DEFAULTS["n_factors"],
+        attention_size=_DEFAULTS["attention_size"],
+        attention=_DEFAULTS["attention"],
+        alpha=_DEFAULTS["alpha"],
+        attention_alpha=_DEFAULTS["attention_alpha"],
+        dropout=_DEFAULTS["dropout"],
+        attention_dropout=_DEFAULTS["attention_dropout"],
+        optimizer=_DEFAULTS["optimizer"],
+        learning_rate_init=_DEFAULTS["learning_rate_init"],
+        batch_size=_DEFAULTS["batch_size"],
+        max_iter=_DEFAULTS["max_iter"],
+        tol=_DEFAULTS["tol"],
+        n_iter_no_change=_DEFAULTS["n_iter_no_change"],
+        shuffle=_DEFAULTS["shuffle"],
+        random_state=_DEFAULTS["random_state"],
+        device=_DEFAULTS["device"],
+        verbose=_DEFAULTS["verbose"],
+    ):
+        super().__init__(
+            n_factors=n_factors,
+            attention_size=attention_size,
+            attention=attention,
+            alpha=alpha,
+            attention_alpha=attention_alpha,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            optimizer=optimizer,
+            learning_rate_init=learning_rate_init,
+            batch_size=batch_size,
+            max_iter=max_iter,
+            tol=tol,
+            n_iter_no_change=n_iter_no_change,
+            shuffle=shuffle,
+            random_state=random_state,
+            device=device,
+            verbose=verbose,
+        )
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to data X and target y.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data. CSR, CSC and COO matrices and arrays are accepted;
+            CSR avoids a conversion.
+
+        y : array-like of shape (n_samples,)
+            Target values.
+
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the samples. None gives every sample
+            weight 1.
+
+        Returns
+        -------
+        self : object
+            Fitted estimator.
+        """
+        with unchanged_on_failure(self):
+            return self._fit(X, y, sample_weight)
+
+    def _encode_target(self, y, sample_weight):
+        y = np.asarray(y, dtype=np.float64)
+        mean = np.average(y, weights=sample_weight)
+        scale = np.sqrt(np.average((y - mean) ** 2, weights=sample_weight))
+        if not np.isfinite(scale) or scale <= np.finfo(np.float32).tiny:
+            scale = 1.0
+        self._target_mean, self._target_scale = float(mean), float(scale)
+        return (y - mean) / scale, 1, "squared_error", [0.0]
+
+    def predict(self, X):
+        """Predict targets for the samples in X.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Samples.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            Predicted values.
+        """
+        raw = self._raw_output(X)[:, 0]
+        return raw * self._target_scale + self._target_mean
+
+
+class AFMClassifier(ClassifierMixin, BaseAFM):
+    __doc__ = f"""Attentional factorization machine for classification.
+
+    Models the logit of each class as a global bias, a linear term and the
+    attention-weighted sum of the pairwise interactions of each sample's
+    active (non-zero) features, trained on the log-loss: a sigmoid output for
+    two classes, a softmax over ``n_classes`` outputs for more. Labels may be
+    of any type (integers, strings, booleans). Sparse inputs are never
+    densified.
+
+    Parameters
+    ----------{_PARAMETERS_DOC}
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels.
+{_ATTRIBUTES_DOC}
+    See Also
+    --------
+    AFMRegressor : Attentional factorization machine for regression.
+{_REFERENCES_DOC}
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import OneHotEncoder
+    >>> from skafm import AFMClassifier
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.randint(0, 4, size=(300, 3))
+    >>> y = np.where(X[:, 0] == X[:, 1], "same", "different")
+    >>> model = make_pipeline(
+    ...     OneHotEncoder(handle_unknown="ignore"),
+    ...     AFMClassifier(random_state=0),
+    ... ).fit(X, y)
+    >>> model.predict(X[:3])
+    array(['different', 'same', 'different'], dtype='<U9')
+    >>> model.predict_proba(X[:3]).shape
+    (3, 2)
+    """
+
+    def __init__(
+        self,
+        *,
+        n_factors=_DEFAULTS["n_factors"],
+        attention_size=_DEFAULTS["attention_size"],
+        attention=_DEFAULTS["attention"],
+        alpha=_DEFAULTS["alpha"],
+        attention_alpha=_DEFAULTS["attention_alpha"],
+        dropout=_DEFAULTS["dropout"],
+        attention_dropout=_DEFAULTS["attention_dropout"],
+        optimizer=_DEFAULTS["optimizer"],
+        learning_rate_init=_DEFAULTS["learning_rate_init"],
+        batch_size=_DEFAULTS["batch_size"],
+        max_iter=_DEFAULTS["max_iter"],
+        tol=_DEFAULTS["tol"],
+        n_iter_no_change=_DEFAULTS["n_iter_no_change"],
+        shuffle=_DEFAULTS["shuffle"],
+        random_state=_DEFAULTS["random_state"],
+        device=_DEFAULTS["device"],
+        verbose=_DEFAULTS["verbose"],
+    ):
+        super().__init__(
+            n_factors=n_factors,
+            attention_size=attention_size,
+            attention=attention,
+            alpha=alpha,
+            attention_alpha=attention_alpha,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            optimizer=optimizer,
+            learning_rate_init=learning_rate_init,
+            batch_size=batch_size,
+            max_iter=max_iter,
+            tol=tol,
+            n_iter_no_change=n_iter_no_change,
+            shuffle=shuffle,
+            random_state=random_state,
+            device=device,
+            verbose=verbose,
+        )
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to data X and class labels y.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data. CSR, CSC and COO matrices and arrays are accepted;
+            CSR avoids a conversion.
+
+        y : array-like of shape (n_samples,)
+            Class labels; at least two distinct classes.
+
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the samples. None gives every sample
+            weight 1.
+
+        Returns
+        -------
+        self : object
+            Fitted estimator.
+        """
+        with unchanged_on_failure(self):
+            return self._fit(X, y, sample_weight)
+
+    def _encode_target(self, y, sample_weight):
+        check_classification_targets(y)
+        classes, encoded = np.unique(y, return_inverse=True)
+        weighted_classes = np.unique(encoded[sample_weight > 0])
+        if len(weighted_classes) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes with "
+                "positive sample_weight, but the data contains only one class: "
+                f"{classes[weighted_classes[0]]!r}."
+            )
+        self.classes_ = classes
+        prior = np.bincount(encoded, weights=sample_weight, minlength=len(classes))
+        prior = np.clip(prior / prior.sum(), 1e-6, 1.0)
+        if len(classes) == 2:
+            return (
+                encoded.astype(np.float64),
+                1,
+                "log_loss",
+                np.log(prior[1:] / prior[0]),
+            )
+        return encoded, len(classes), "multinomial_log_loss", np.log(prior)
+
+    def decision_function(self, X):
+        """Raw scores (logits) of the samples in X.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Samples.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,) or (n_samples, n_classes)
+            For two classes, the logit of ``classes_[1]``; otherwise one logit
+            per class.
+        """
+        raw = self._raw_output(X)
+        return raw[:, 0] if len(self.classes_) == 2 else raw
+
+    def predict(self, X):
+        """Predict class labels for the samples in X.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Samples.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            Predicted labels, taken from ``classes_``.
+        """
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            return self.classes_[(scores > 0).astype(int)]
+        return self.classes_[np.argmax(scores, axis=1)]
+
+    def predict_proba(self, X):
+        """Probability of each class for the samples in X.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Samples.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Class probabilities, columns in the order of ``classes_``.
+        """
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            positive = expit(scores)
+            return np.column_stack([1.0 - positive, positive])
+        return softmax(scores, axis=1)
+
+    def predict_log_proba(self, X):
+        """Logarithm of the probability of each class for the samples in X.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Samples.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_classes)
+            Log-probabilities, columns in the order of ``classes_``; computed
+            without underflow for confident predictions.
+        """
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            return np.column_stack([log_expit(-scores), log_expit(scores)])
+        return log_softmax(scores, axis=1)

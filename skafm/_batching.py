@@ -1,0 +1,121 @@
+"""From validated input to batches of padded (index, value, mask) tensors.
+
+The network sees every row as the list of its active features: the feature
+indices, their values and a mask that tells real entries from padding. This
+module turns a scipy sparse matrix or a dense array into that form one batch at
+a time, so that a sparse input is never densified and memory per batch is
+bounded by the widest row of the batch, not by ``n_features``.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+
+@dataclass(frozen=True)
+class PaddedBatch:
+    """Active features of a batch of rows, padded to the widest row.
+
+    Attributes
+    ----------
+    index : torch.Tensor of shape (n_rows, width), int64
+        Feature indices; padding points at feature 0.
+    value : torch.Tensor of shape (n_rows, width), float32
+        Feature values; padding holds 0 so it adds nothing to any sum.
+    mask : torch.Tensor of shape (n_rows, width), bool
+        True for real entries.
+    """
+
+    index: torch.Tensor
+    value: torch.Tensor
+    mask: torch.Tensor
+
+    def to(self, device):
+        if self.index.device == torch.device(device):
+            return self
+        return PaddedBatch(
+            self.index.to(device, non_blocking=True),
+            self.value.to(device, non_blocking=True),
+            self.mask.to(device, non_blocking=True),
+        )
+
+
+def as_active_features(X):
+    """Return X as a CSR matrix that lists exactly the active features of each row.
+
+    Explicit zeros are dropped and duplicate entries summed, because a stored
+    zero would still take part in the attention softmax and steal weight from
+    the real pairs. The caller's matrix is never modified: a copy is made only
+    when X is not already in that canonical form.
+
+    Parameters
+    ----------
+    X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        Validated input, finite, float32 or float64.
+
+    Returns
+    -------
+    X_csr : scipy.sparse.csr_matrix
+    """
+    if not sp.issparse(X):
+        return sp.csr_matrix(np.asarray(X))
+    X_csr = sp.csr_matrix(X, copy=False)
+    has_stored_zeros = X_csr.nnz > 0 and not np.all(X_csr.data)
+    if not X_csr.has_canonical_format or has_stored_zeros:
+        # csr_matrix(X, copy=False) may share buffers with the caller's matrix
+        X_csr = X_csr.copy()
+        X_csr.sum_duplicates()
+        X_csr.eliminate_zeros()
+    return X_csr
+
+
+def row_widths(X_csr):
+    """Number of active features in each row of a canonical CSR matrix."""
+    return np.diff(X_csr.indptr)
+
+
+def pad_rows(X_csr, rows):
+    """Gather the given rows of a CSR matrix into one padded batch.
+
+    Parameters
+    ----------
+    X_csr : scipy.sparse.csr_matrix
+        Output of :func:`as_active_features`.
+    rows : ndarray of int
+        Row numbers, in the order they should appear in the batch.
+
+    Returns
+    -------
+    batch : PaddedBatch
+    """
+    indptr = X_csr.indptr
+    starts = indptr[rows]
+    widths = indptr[rows + 1] - starts
+    width = int(widths.max(initial=0))
+    n_rows = len(rows)
+
+    index = np.zeros((n_rows, width), dtype=np.int64)
+    value = np.zeros((n_rows, width), dtype=np.float32)
+    mask = np.arange(width) < widths[:, None]
+    # flat positions in X_csr.data of every active entry, row after row
+    total = int(widths.sum())
+    row_offsets = np.repeat(starts - np.cumsum(widths) + widths, widths)
+    source = np.arange(total, dtype=np.int64) + row_offsets
+    index[mask] = X_csr.indices[source]
+    value[mask] = X_csr.data[source]
+    return PaddedBatch(
+        torch.from_numpy(index), torch.from_numpy(value), torch.from_numpy(mask)
+    )
+
+
+def iter_row_batches(n_rows, batch_size, rng=None):
+    """Yield arrays of row numbers covering ``range(n_rows)`` once.
+
+    Rows come in a random order when ``rng`` (a numpy RandomState) is given,
+    in their natural order otherwise.
+    """
+    order = rng.permutation(n_rows) if rng is not None else np.arange(n_rows)
+    for start in range(0, n_rows, batch_size):
+        yield order[start : start + batch_size]

@@ -1,0 +1,206 @@
+"""The attentional factorization machine as a torch module.
+
+This module knows nothing of scikit-learn: it maps padded batches of active
+features to raw outputs (regression values or logits). Every reduction is a
+per-row batched product (``bmm``), so a row's output depends only on the row
+and the padded width of its batch, never on the other rows.
+
+For a row with active features i (values x_i, embeddings v_i) the output is::
+
+    y = w_0 + sum_i w_i x_i + p^T sum_{i<j} a_ij (v_i x_i) * (v_j x_j)
+
+where ``*`` is the element-wise product and the attention weights are a
+softmax over the row's pairs of ``h^T ReLU(W (v_i x_i * v_j x_j) + b)``
+(Xiao et al., IJCAI 2017, eq. 3-5). Without attention every a_ij is 1 and the
+model is a factorization machine.
+"""
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EMBEDDING_INIT_STD = 0.01
+
+
+class AttentionalFactorizationMachine(nn.Module):
+    """Global bias, linear term and attention-pooled pairwise interactions.
+
+    Parameters
+    ----------
+    n_features : int
+        Size of the feature vocabulary.
+    n_outputs : int
+        1 for regression and binary classification, n_classes otherwise.
+    n_factors : int
+        Embedding size k.
+    attention_size : int
+        Hidden size t of the attention network.
+    attention : bool
+        If False, interactions are sum-pooled: a factorization machine.
+    dropout : float
+        Dropout rate on the pooled interaction vector during training.
+    attention_dropout : float
+        Dropout rate on the attention weights during training.
+    generator : torch.Generator
+        Source of the initial parameter values.
+    """
+
+    def __init__(
+        self,
+        n_features,
+        n_outputs,
+        n_factors,
+        attention_size,
+        *,
+        attention,
+        dropout,
+        attention_dropout,
+        generator,
+    ):
+        super().__init__()
+        self.attention = attention
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+
+        self.bias = nn.Parameter(torch.zeros(n_outputs))
+        self.linear = nn.Parameter(torch.zeros(n_features, n_outputs))
+        self.embedding = nn.Parameter(torch.empty(n_features, n_factors))
+        nn.init.normal_(self.embedding, std=EMBEDDING_INIT_STD, generator=generator)
+        self.projection = nn.Parameter(torch.ones(n_factors, n_outputs))
+        if attention:
+            self.attention_weight = nn.Parameter(torch.empty(attention_size, n_factors))
+            self.attention_bias = nn.Parameter(torch.zeros(attention_size))
+            self.attention_query = nn.Parameter(torch.empty(attention_size, 1))
+            nn.init.xavier_normal_(self.attention_weight, generator=generator)
+            nn.init.xavier_normal_(self.attention_query, generator=generator)
+
+    def sparse_parameters(self):
+        """Tables indexed by feature: their gradients are sparse."""
+        return [self.linear, self.embedding]
+
+    def dense_parameters(self):
+        sparse = {id(p) for p in self.sparse_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
+
+    def forward(self, index, value, mask, generator=None):
+        """Raw outputs of shape (n_rows, n_outputs)."""
+        output, _ = self.forward_with_penalty(index, value, mask, generator)
+        return output
+
+    def forward_with_penalty(self, index, value, mask, generator=None):
+        """Raw outputs and each row's squared norm of its active parameters.
+
+        The norm, summed over the row's active features of ``|v_i|^2 + |w_i|^2``,
+        is the lazy L2 penalty used in training: only parameters the row
+        touches are regularised, so a step costs nothing per unseen feature.
+        """
+        embedded = F.embedding(index, self.embedding, sparse=True)
+        linear_weights = F.embedding(index, self.linear, sparse=True)
+        scaled = embedded * value.unsqueeze(-1)
+        linear = torch.bmm(value.unsqueeze(1), linear_weights).squeeze(1)
+
+        if self.attention:
+            pooled = self._attention_pooling(scaled, mask, generator)
+        else:
+            pooled = sum_pooling(scaled)
+        pooled = self._dropout(pooled, self.dropout, generator)
+        output = self.bias + linear + per_row_matmul(pooled, self.projection)
+
+        active = mask.unsqueeze(-1)
+        squared_norm = (embedded.square() * active).sum((1, 2)) + (
+            linear_weights.square() * active
+        ).sum((1, 2))
+        return output, squared_norm
+
+    def attention_penalty(self):
+        """Squared Frobenius norm of the attention network's weight matrix W."""
+        if not self.attention:
+            return torch.zeros((), device=self.bias.device)
+        return self.attention_weight.square().sum()
+
+    def pair_attention(self, index, value, mask):
+        """Attention weights of every pair, the pairs' products and their mask.
+
+        Returns ``(weights, products, pair_mask, left, right)`` with weights of
+        shape (n_rows, n_pairs), products (n_rows, n_pairs, n_factors), and the
+        positions ``left < right`` of each pair within the padded row.
+        """
+        scaled = F.embedding(index, self.embedding) * value.unsqueeze(-1)
+        left, right = pair_positions(scaled.shape[1], scaled.device)
+        products = scaled[:, left] * scaled[:, right]
+        pair_mask = mask[:, left] & mask[:, right]
+        if self.attention:
+            weights = masked_softmax(self._attention_scores(products), pair_mask)
+        else:
+            weights = pair_mask.to(products.dtype)
+        return weights, products, pair_mask, left, right
+
+    def _attention_pooling(self, scaled, mask, generator):
+        left, right = pair_positions(scaled.shape[1], scaled.device)
+        products = scaled[:, left] * scaled[:, right]
+        pair_mask = mask[:, left] & mask[:, right]
+        weights = masked_softmax(self._attention_scores(products), pair_mask)
+        weights = self._dropout(weights, self.attention_dropout, generator)
+        return torch.bmm(weights.unsqueeze(1), products).squeeze(1)
+
+    def _attention_scores(self, products):
+        n_rows = products.shape[0]
+        hidden = torch.baddbmm(
+            self.attention_bias,
+            products,
+            self.attention_weight.t().expand(n_rows, -1, -1),
+        )
+        query = self.attention_query.expand(n_rows, -1, -1)
+        return torch.bmm(F.relu(hidden), query).squeeze(-1)
+
+    def _dropout(self, x, rate, generator):
+        if not self.training or rate == 0.0:
+            return x
+        # F.dropout draws from torch's global RNG; an explicit generator keeps
+        # training reproducible without touching the user's global state.
+        keep = torch.rand(x.shape, generator=generator, device=x.device) >= rate
+        return x * keep / (1.0 - rate)
+
+
+def per_row_matmul(x, weight):
+    """``x @ weight`` for x of shape (n_rows, k), computed as one product per row.
+
+    One big matrix product picks its kernel from the number of rows, and the
+    kernels round differently; per-row products make every row's result
+    independent of the batch it is computed in.
+    """
+    n_rows = x.shape[0]
+    return torch.bmm(x.unsqueeze(1), weight.expand(n_rows, -1, -1)).squeeze(1)
+
+
+def sum_pooling(scaled):
+    """Sum over pairs i<j of the element-wise products, in O(width) time.
+
+    Uses ``sum_{i<j} e_i * e_j = ((sum_i e_i)^2 - sum_i e_i^2) / 2``; padded
+    entries are zero vectors and drop out of both sums.
+    """
+    total = scaled.sum(1)
+    return 0.5 * (total.square() - scaled.square().sum(1))
+
+
+def masked_softmax(scores, mask):
+    """Softmax over the last axis restricted to ``mask``; all-masked rows give 0.
+
+    A row with fewer than two active features has no pairs: its weights are
+    all zero instead of the NaN a plain ``-inf`` fill would produce.
+    """
+    lowest = torch.finfo(scores.dtype).min
+    weights = torch.softmax(scores.masked_fill(~mask, lowest), dim=-1)
+    return weights * mask
+
+
+@functools.lru_cache(maxsize=256)
+def pair_positions(width, device):
+    """Positions (left, right) of all pairs left < right in a row of ``width``."""
+    # cached tensors outlive the call: inference-mode tensors would poison
+    # later training steps, so they are always built as normal tensors
+    with torch.inference_mode(False):
+        left, right = torch.triu_indices(width, width, offset=1, device=device)
+    return left, right
