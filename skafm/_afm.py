@@ -295,7 +295,9 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
     ...     AFMClassifier(random_state=0),
     ... ).fit(X, y)
     >>> model.predict(X[:3])
-    array(['different', 'same', 'different'], dtype='<U9')
+    array(['different', 'different', 'same'], dtype='<U9')
+    >>> y[:3]
+    array(['different', 'different', 'same'], dtype='<U9')
     >>> model.predict_proba(X[:3]).shape
     (3, 2)
     """

@@ -1,0 +1,34 @@
+import numpy as np
+import pytest
+
+from skafm.datasets import make_interaction_data
+
+# Small, quick settings for tests that only need a trained model, not a good one.
+FAST = dict(n_factors=8, attention_size=8, max_iter=15, batch_size=64, random_state=0)
+
+
+@pytest.fixture(scope="session")
+def planted_regression():
+    """One-hot data whose target has two interacting field pairs."""
+    X, y, pairs = make_interaction_data(
+        3000, n_fields=6, n_categories=5, interactions=2, random_state=0
+    )
+    return X, y, pairs
+
+
+@pytest.fixture(scope="session")
+def planted_classification():
+    X, y, pairs = make_interaction_data(
+        1500,
+        n_fields=6,
+        n_categories=5,
+        interactions=2,
+        task="classification",
+        random_state=1,
+    )
+    return X, y, pairs
+
+
+@pytest.fixture
+def rng():
+    return np.random.RandomState(0)

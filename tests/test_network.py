@@ -1,0 +1,139 @@
+"""The torch network against a naive, pair-by-pair reference implementation."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from skafm._batching import as_active_features, pad_rows
+from skafm._network import AttentionalFactorizationMachine, masked_softmax
+
+
+def make_module(n_features=12, n_outputs=1, attention=True, seed=0, **kwargs):
+    generator = torch.Generator().manual_seed(seed)
+    module = AttentionalFactorizationMachine(
+        n_features,
+        n_outputs,
+        n_factors=4,
+        attention_size=3,
+        attention=attention,
+        dropout=kwargs.get("dropout", 0.0),
+        attention_dropout=kwargs.get("attention_dropout", 0.0),
+        generator=generator,
+    )
+    # non-trivial values everywhere, not just the initial ones
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    return module.eval()
+
+
+def reference_output(module, row_indices, row_values):
+    """The AFM equation of the paper, one pair at a time, in float64."""
+    params = {
+        name: p.detach().double().numpy() for name, p in module.named_parameters()
+    }
+    out = params["bias"].copy()
+    out += sum(
+        params["linear"][i] * x for i, x in zip(row_indices, row_values, strict=True)
+    )
+    scaled = [
+        params["embedding"][i] * x for i, x in zip(row_indices, row_values, strict=True)
+    ]
+    products = [
+        scaled[a] * scaled[b]
+        for a in range(len(scaled))
+        for b in range(a + 1, len(scaled))
+    ]
+    if not products:
+        return out
+    if module.attention:
+        W, b = params["attention_weight"], params["attention_bias"]
+        h = params["attention_query"][:, 0]
+        scores = np.array([h @ np.maximum(W @ pair + b, 0) for pair in products])
+        weights = np.exp(scores - scores.max())
+        weights /= weights.sum()
+    else:
+        weights = np.ones(len(products))
+    pooled = sum(w * pair for w, pair in zip(weights, products, strict=True))
+    return out + pooled @ params["projection"]
+
+
+@pytest.mark.parametrize("attention", [True, False])
+@pytest.mark.parametrize("n_outputs", [1, 3])
+def test_network_matches_pairwise_reference(attention, n_outputs):
+    rng = np.random.RandomState(0)
+    # rows with 0, 1, 2 and many active features, real-valued
+    dense = rng.normal(size=(6, 12)) * (rng.rand(6, 12) < 0.5)
+    dense[0] = 0.0
+    dense[1, 1:] = 0.0
+    dense[2, 2:] = 0.0
+    dense[3] = rng.normal(size=12)
+    X = as_active_features(sp.csr_matrix(dense))
+    module = make_module(n_outputs=n_outputs, attention=attention)
+
+    batch = pad_rows(X, np.arange(6))
+    with torch.no_grad():
+        output = module(batch.index, batch.value, batch.mask).double().numpy()
+
+    for row in range(6):
+        start, stop = X.indptr[row], X.indptr[row + 1]
+        expected = reference_output(module, X.indices[start:stop], X.data[start:stop])
+        np.testing.assert_allclose(output[row], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_attention_weights_are_a_softmax_over_each_rows_real_pairs():
+    X = as_active_features(
+        sp.csr_matrix(np.array([[1, 1, 1, 1.0], [0, 1, 0, 0], [1, 0, 0, 1]]))
+    )
+    module = make_module(n_features=4)
+    batch = pad_rows(X, np.arange(3))
+    with torch.no_grad():
+        weights, _, pair_mask, _, _ = module.pair_attention(
+            batch.index, batch.value, batch.mask
+        )
+    totals = weights.sum(1).numpy()
+    np.testing.assert_allclose(totals, [1.0, 0.0, 1.0], atol=1e-6)
+    # the wrong-axis bug makes every weight 1: here a row of 6 pairs shares 1
+    assert weights[0].max() < 1.0
+    assert torch.all(weights[~pair_mask] == 0)
+
+
+def test_masked_softmax_of_rows_without_pairs_is_zero_not_nan():
+    scores = torch.randn(2, 3)
+    mask = torch.tensor([[False, False, False], [True, False, True]])
+    weights = masked_softmax(scores, mask)
+    assert torch.isfinite(weights).all()
+    assert weights[0].sum() == 0
+    assert torch.isclose(weights[1].sum(), torch.tensor(1.0))
+
+
+def test_dropout_is_active_in_training_and_off_in_eval():
+    X = as_active_features(sp.csr_matrix(np.ones((8, 5))))
+    module = make_module(n_features=5, dropout=0.5, attention_dropout=0.5)
+    batch = pad_rows(X, np.arange(8))
+    module.train()
+    generator = torch.Generator().manual_seed(0)
+    train_outputs = module(batch.index, batch.value, batch.mask, generator)
+    assert not torch.allclose(train_outputs, train_outputs[0].expand_as(train_outputs))
+    module.eval()
+    with torch.no_grad():
+        eval_outputs = module(batch.index, batch.value, batch.mask)
+    assert torch.equal(eval_outputs, eval_outputs[0].expand_as(eval_outputs))
+
+
+def test_row_output_does_not_depend_on_batch_mates():
+    rng = np.random.RandomState(0)
+    X = as_active_features(
+        sp.csr_matrix(rng.normal(size=(40, 12)) * (rng.rand(40, 12) < 0.6))
+    )
+    module = make_module()
+    width = np.diff(X.indptr)
+    rows = np.flatnonzero(width == np.bincount(width).argmax())
+    with torch.no_grad():
+        together = pad_rows(X, rows)
+        joint = module(together.index, together.value, together.mask)
+        for position, row in enumerate(rows):
+            alone = pad_rows(X, np.array([row]))
+            single = module(alone.index, alone.value, alone.mask)
+            assert torch.equal(single[0], joint[position])
