@@ -52,16 +52,42 @@ _PARAMETERS_DOC = """
         Maximum number of epochs (passes over the training data).
 
     tol : float, default=1e-4
-        Tolerance for the optimization: training stops when the training loss
-        has not improved by at least ``tol`` for ``n_iter_no_change``
-        consecutive epochs.
+        Tolerance for the optimization: training stops when the watched
+        quantity (the training loss, or the validation score with early
+        stopping) has not improved by at least ``tol`` for
+        ``n_iter_no_change`` consecutive epochs.
+
+    early_stopping : "auto" or bool, default="auto"
+        Whether to stop training when the validation score stops improving,
+        then restore the weights of the best epoch. The validation data is
+        ``X_val, y_val`` when passed to :meth:`fit`, otherwise a
+        ``validation_fraction`` of the training data set aside
+        (stratified for the classifier). "auto" enables it when
+        ``n_samples > 10_000`` or when ``X_val`` is passed.
+
+    validation_fraction : float, default=0.1
+        Proportion of the training data set aside for early stopping. Only
+        used when early stopping is enabled and no ``X_val`` is passed.
 
     n_iter_no_change : int, default=10
         Number of epochs without improvement of at least ``tol`` before
         training stops.
 
+    scoring : str, callable or None, default="loss"
+        Validation score used for early stopping. "loss" is the negative
+        loss of the model (mean squared error for the regressor, log-loss for
+        the classifier), computed directly on the network; any other value is
+        passed to :func:`sklearn.metrics.check_scoring` (None uses the
+        estimator's ``score`` method).
+
     shuffle : bool, default=True
         Whether to shuffle the samples in each epoch.
+
+    warm_start : bool, default=False
+        When True, :meth:`fit` continues training the fitted network (and
+        optimizer state) instead of starting anew. The classes, the number
+        of features, ``n_factors``, ``attention_size`` and ``attention``
+        cannot change between such calls.
 
     random_state : int, RandomState instance or None, default=None
         Seeds parameter initialization, shuffling and dropout. Pass an int for
@@ -86,14 +112,24 @@ _ATTRIBUTES_DOC = """
         has feature names that are all strings.
 
     n_iter_ : int
-        Number of epochs run.
+        Number of epochs run (over all calls, with warm starts and
+        :meth:`partial_fit`).
 
     t_ : int
-        Number of training samples seen by the optimizer (epochs times
-        samples).
+        Number of training samples seen by the optimizer.
 
     loss_curve_ : list of float
-        Training objective (mean loss plus penalties) after each epoch.
+        Training objective (mean loss plus penalties) of each epoch.
+
+    validation_scores_ : list of float or None
+        Validation score of each epoch; None without early stopping.
+
+    best_validation_score_ : float or None
+        Best validation score, that of the restored weights; None without
+        early stopping.
+
+    best_loss_ : float or None
+        Lowest training objective reached; None with early stopping.
 
     module_ : torch.nn.Module
         The fitted network.
@@ -106,6 +142,16 @@ _REFERENCES_DOC = """
     "Attentional Factorization Machines: Learning the Weight of Feature
     Interactions via Attention Networks." IJCAI 2017. arXiv:1708.04617.
 """
+
+
+def _validation_triplet(X_val, y_val, sample_weight_val):
+    """None, or the validation data passed to fit."""
+    if X_val is None and y_val is None:
+        if sample_weight_val is not None:
+            raise ValueError("sample_weight_val is passed without X_val and y_val.")
+        return None
+    return X_val, y_val, sample_weight_val
+
 
 _DEFAULTS = dict(
     n_factors=32,
@@ -120,8 +166,12 @@ _DEFAULTS = dict(
     batch_size=256,
     max_iter=100,
     tol=1e-4,
+    early_stopping="auto",
+    validation_fraction=0.1,
     n_iter_no_change=10,
+    scoring="loss",
     shuffle=True,
+    warm_start=False,
     random_state=None,
     device="cpu",
     verbose=0,
@@ -183,8 +233,12 @@ class AFMRegressor(RegressorMixin, BaseAFM):
         batch_size=_DEFAULTS["batch_size"],
         max_iter=_DEFAULTS["max_iter"],
         tol=_DEFAULTS["tol"],
+        early_stopping=_DEFAULTS["early_stopping"],
+        validation_fraction=_DEFAULTS["validation_fraction"],
         n_iter_no_change=_DEFAULTS["n_iter_no_change"],
+        scoring=_DEFAULTS["scoring"],
         shuffle=_DEFAULTS["shuffle"],
+        warm_start=_DEFAULTS["warm_start"],
         random_state=_DEFAULTS["random_state"],
         device=_DEFAULTS["device"],
         verbose=_DEFAULTS["verbose"],
@@ -202,15 +256,28 @@ class AFMRegressor(RegressorMixin, BaseAFM):
             batch_size=batch_size,
             max_iter=max_iter,
             tol=tol,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change,
+            scoring=scoring,
             shuffle=shuffle,
+            warm_start=warm_start,
             random_state=random_state,
             device=device,
             verbose=verbose,
         )
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None):
+    def fit(
+        self,
+        X,
+        y,
+        sample_weight=None,
+        *,
+        X_val=None,
+        y_val=None,
+        sample_weight_val=None,
+    ):
         """Fit the model to data X and target y.
 
         Parameters
@@ -226,22 +293,72 @@ class AFMRegressor(RegressorMixin, BaseAFM):
             Non-negative weights of the samples. None gives every sample
             weight 1.
 
+        X_val : {array-like, sparse matrix} of shape (n_val, n_features), \
+                default=None
+            Validation data for early stopping, instead of a
+            ``validation_fraction`` of the training data.
+
+        y_val : array-like of shape (n_val,), default=None
+            Targets of ``X_val``.
+
+        sample_weight_val : array-like of shape (n_val,), default=None
+            Weights of the validation samples.
+
+        Returns
+        -------
+        self : object
+            Fitted estimator.
+        """
+        validation = _validation_triplet(X_val, y_val, sample_weight_val)
+        with unchanged_on_failure(self):
+            return self._fit(X, y, sample_weight, validation=validation)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, sample_weight=None):
+        """Train for one epoch over the given samples.
+
+        The first call fixes the number of features and the standardization
+        of the target (from this first batch of samples); later calls, and a
+        previous :meth:`fit`, are continued.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data.
+
+        y : array-like of shape (n_samples,)
+            Target values.
+
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the samples.
+
         Returns
         -------
         self : object
             Fitted estimator.
         """
         with unchanged_on_failure(self):
-            return self._fit(X, y, sample_weight)
+            return self._fit(X, y, sample_weight, incremental=True)
 
-    def _encode_target(self, y, sample_weight):
+    def _init_target_encoding(self, y, sample_weight, classes=None):
         y = np.asarray(y, dtype=np.float64)
         mean = np.average(y, weights=sample_weight)
         scale = np.sqrt(np.average((y - mean) ** 2, weights=sample_weight))
         if not np.isfinite(scale) or scale <= np.finfo(np.float32).tiny:
             scale = 1.0
         self._target_mean, self._target_scale = float(mean), float(scale)
-        return (y - mean) / scale, 1, "squared_error", [0.0]
+        return 1, "squared_error", [0.0]
+
+    def _check_target_unchanged(self, y):
+        """Any real-valued target can continue a fitted regressor."""
+
+    def _encode_target(self, y):
+        return (
+            np.asarray(y, dtype=np.float64) - self._target_mean
+        ) / self._target_scale
+
+    def _loss_scale(self):
+        return self._target_scale**2
 
     def predict(self, X):
         """Predict targets for the samples in X.
@@ -317,8 +434,12 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
         batch_size=_DEFAULTS["batch_size"],
         max_iter=_DEFAULTS["max_iter"],
         tol=_DEFAULTS["tol"],
+        early_stopping=_DEFAULTS["early_stopping"],
+        validation_fraction=_DEFAULTS["validation_fraction"],
         n_iter_no_change=_DEFAULTS["n_iter_no_change"],
+        scoring=_DEFAULTS["scoring"],
         shuffle=_DEFAULTS["shuffle"],
+        warm_start=_DEFAULTS["warm_start"],
         random_state=_DEFAULTS["random_state"],
         device=_DEFAULTS["device"],
         verbose=_DEFAULTS["verbose"],
@@ -336,15 +457,28 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
             batch_size=batch_size,
             max_iter=max_iter,
             tol=tol,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change,
+            scoring=scoring,
             shuffle=shuffle,
+            warm_start=warm_start,
             random_state=random_state,
             device=device,
             verbose=verbose,
         )
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None):
+    def fit(
+        self,
+        X,
+        y,
+        sample_weight=None,
+        *,
+        X_val=None,
+        y_val=None,
+        sample_weight_val=None,
+    ):
         """Fit the model to data X and class labels y.
 
         Parameters
@@ -360,35 +494,108 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
             Non-negative weights of the samples. None gives every sample
             weight 1.
 
+        X_val : {array-like, sparse matrix} of shape (n_val, n_features), \
+                default=None
+            Validation data for early stopping, instead of a
+            ``validation_fraction`` of the training data.
+
+        y_val : array-like of shape (n_val,), default=None
+            Targets of ``X_val``.
+
+        sample_weight_val : array-like of shape (n_val,), default=None
+            Weights of the validation samples.
+
         Returns
         -------
         self : object
             Fitted estimator.
         """
+        validation = _validation_triplet(X_val, y_val, sample_weight_val)
         with unchanged_on_failure(self):
-            return self._fit(X, y, sample_weight)
+            return self._fit(X, y, sample_weight, validation=validation)
 
-    def _encode_target(self, y, sample_weight):
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """Train for one epoch over the given samples.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data. The first call fixes the number of features.
+
+        y : array-like of shape (n_samples,)
+            Class labels, all among ``classes``.
+
+        classes : array-like of shape (n_classes,), default=None
+            Every class of the problem. Required on the first call (unless the
+            model was fitted before) since one batch may miss some classes;
+            may be omitted or must be the same on later calls.
+
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the samples.
+
+        Returns
+        -------
+        self : object
+            Fitted estimator.
+        """
+        first_call = not hasattr(self, "classes_")
+        if first_call and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        if not first_call and classes is not None:
+            if not np.array_equal(self.classes_, np.unique(classes)):
+                raise ValueError(
+                    f"classes={np.unique(classes)!r} is not the same as on the first "
+                    f"call to partial_fit, {self.classes_!r}."
+                )
+        with unchanged_on_failure(self):
+            return self._fit(X, y, sample_weight, incremental=True, classes=classes)
+
+    def _init_target_encoding(self, y, sample_weight, classes=None):
         check_classification_targets(y)
-        classes, encoded = np.unique(y, return_inverse=True)
-        weighted_classes = np.unique(encoded[sample_weight > 0])
-        if len(weighted_classes) < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs samples of at least 2 classes with "
-                "positive sample_weight, but the data contains only one class: "
-                f"{classes[weighted_classes[0]]!r}."
-            )
+        if classes is None:
+            classes = np.unique(y)
+            weighted = np.unique(np.searchsorted(classes, y)[sample_weight > 0])
+            if len(weighted) < 2:
+                raise ValueError(
+                    f"{type(self).__name__} needs samples of at least 2 classes with "
+                    "positive sample_weight, but the data contains only one class: "
+                    f"{classes[weighted[0]]!r}."
+                )
+        else:
+            classes = np.unique(classes)
+            if len(classes) < 2:
+                raise ValueError(
+                    f"classes must hold at least 2 classes, got {classes!r}."
+                )
         self.classes_ = classes
+        encoded = self._encode_target(y).astype(np.int64)
         prior = np.bincount(encoded, weights=sample_weight, minlength=len(classes))
         prior = np.clip(prior / prior.sum(), 1e-6, 1.0)
         if len(classes) == 2:
-            return (
-                encoded.astype(np.float64),
-                1,
-                "log_loss",
-                np.log(prior[1:] / prior[0]),
+            return 1, "log_loss", np.log(prior[1:] / prior[0])
+        return len(classes), "multinomial_log_loss", np.log(prior)
+
+    def _check_target_unchanged(self, y):
+        check_classification_targets(y)
+        if not np.array_equal(np.unique(y), self.classes_):
+            raise ValueError(
+                "warm_start can only be used where `y` has the same classes as in "
+                f"the previous call to fit. Previously got {self.classes_}, `y` has "
+                f"{np.unique(y)}."
             )
-        return encoded, len(classes), "multinomial_log_loss", np.log(prior)
+
+    def _encode_target(self, y):
+        y = np.asarray(y)
+        codes = np.searchsorted(self.classes_, y)
+        codes = np.clip(codes, 0, len(self.classes_) - 1)
+        unknown = self.classes_[codes] != y
+        if np.any(unknown):
+            raise ValueError(
+                f"`y` has classes not in `self.classes_`: {np.unique(y[unknown])!r}; "
+                f"the classes are {self.classes_!r}."
+            )
+        return codes.astype(np.float64)
 
     def decision_function(self, X):
         """Raw scores (logits) of the samples in X.

@@ -8,12 +8,15 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, is_regressor
+from sklearn.base import BaseEstimator, is_classifier, is_regressor
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import check_scoring
+from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
     _check_sample_weight,
+    check_consistent_length,
     check_is_fitted,
     validate_data,
 )
@@ -21,9 +24,18 @@ from sklearn.utils.validation import (
 from ._batching import as_active_features
 from ._device import resolve_device
 from ._network import AttentionalFactorizationMachine
-from ._training import TrainingConfig, predict_raw, train
+from ._training import (
+    OptimizationConfig,
+    StoppingRule,
+    Trainer,
+    TrainingData,
+    fit_epochs,
+    predict_raw,
+)
 
 ACCEPTED_SPARSE_FORMATS = ("csr", "csc", "coo")
+# as HistGradientBoosting: early_stopping="auto" turns it on above this size
+AUTO_EARLY_STOPPING_MIN_SAMPLES = 10_000
 
 
 @contextlib.contextmanager
@@ -32,7 +44,8 @@ def unchanged_on_failure(estimator):
 
     ``fit`` builds its fitted state step by step (``validate_data`` alone sets
     ``n_features_in_``); on any error the estimator is put back exactly as it
-    was, so a bad call never damages a previously fitted model.
+    was, so a bad call never damages a previously fitted model. Training
+    itself always works on a new or copied network (see ``Trainer.continued``).
     """
     saved = dict(estimator.__dict__)
     try:
@@ -59,8 +72,12 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
+        "early_stopping": [StrOptions({"auto"}), "boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "scoring": [StrOptions({"loss"}), str, callable, None],
         "shuffle": ["boolean"],
+        "warm_start": ["boolean"],
         "random_state": ["random_state"],
         "device": [StrOptions({"cpu", "cuda", "auto"})],
         "verbose": ["verbose"],
@@ -82,8 +99,12 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         batch_size,
         max_iter,
         tol,
+        early_stopping,
+        validation_fraction,
         n_iter_no_change,
+        scoring,
         shuffle,
+        warm_start,
         random_state,
         device,
         verbose,
@@ -100,63 +121,218 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         self.batch_size = batch_size
         self.max_iter = max_iter
         self.tol = tol
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.scoring = scoring
         self.shuffle = shuffle
+        self.warm_start = warm_start
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
 
-    @abstractmethod
-    def _encode_target(self, y, sample_weight):
-        """Set target-related fitted attributes; return the training target.
+    # -- target encoding, provided by the regressor and the classifier --------
 
-        Returns ``(target, n_outputs, loss, initial_bias)``.
+    @abstractmethod
+    def _init_target_encoding(self, y, sample_weight, classes=None):
+        """Set the target's fitted attributes on a first fit.
+
+        Returns ``(n_outputs, loss, initial_bias)``.
         """
 
-    def _validate_data(self, X, y="no_validation", *, reset):
-        """validate_data with the input rules every method shares."""
-        check_params = dict(
-            reset=reset,
-            accept_sparse=ACCEPTED_SPARSE_FORMATS,
-            accept_large_sparse=True,
-            dtype=(np.float64, np.float32),
-        )
-        if isinstance(y, str) and y == "no_validation":
-            return validate_data(self, X, **check_params)
-        return validate_data(self, X, y, y_numeric=is_regressor(self), **check_params)
+    @abstractmethod
+    def _check_target_unchanged(self, y):
+        """On a warm start or later partial_fit: refuse a target that does not fit."""
 
-    def _fit(self, X, y, sample_weight):
-        X, y = self._validate_data(X, y, reset=True)
+    @abstractmethod
+    def _encode_target(self, y):
+        """y -> float targets of the network (standardised values or class codes)."""
+
+    def _loss_scale(self):
+        """Factor that brings the network's loss to the units of y."""
+        return 1.0
+
+    # -- fitting ---------------------------------------------------------------
+
+    def _fit(
+        self, X, y, sample_weight, *, validation=None, incremental=False, classes=None
+    ):
+        continuing = (self.warm_start or incremental) and hasattr(self, "_trainer")
+        X, y = self._validate_data(X, y, reset=not continuing)
         sample_weight = _check_sample_weight(
             sample_weight, X, dtype=np.float64, ensure_non_negative=True
         )
-        target, n_outputs, loss, initial_bias = self._encode_target(y, sample_weight)
-        device = resolve_device(self.device)
-        rng = check_random_state(self.random_state)
-
-        module = self._build_module(X.shape[1], n_outputs, initial_bias, rng)
-        module.to(device)
-        result = train(
-            module,
-            as_active_features(X),
-            target,
-            sample_weight,
-            self._training_config(loss),
-            rng,
-            device,
+        if continuing:
+            if not incremental:
+                # partial_fit batches may miss classes; a warm-started fit may not
+                self._check_target_unchanged(y)
+            self._check_architecture_unchanged()
+        else:
+            n_outputs, loss, initial_bias = self._init_target_encoding(
+                y, sample_weight, classes
+            )
+        early_stopping = self._early_stopping_enabled(
+            X.shape[0], validation, incremental
         )
-        self.module_ = module
-        self.n_iter_ = result.n_iter
-        self.t_ = result.t
-        self.loss_curve_ = result.loss_curve
-        if not result.converged:
+        device = resolve_device(self.device)
+        rng = (
+            self._rng
+            if continuing and incremental
+            else check_random_state(self.random_state)
+        )
+
+        if early_stopping and validation is None:
+            X, y, sample_weight, validation = self._split_validation(
+                X, y, sample_weight, rng
+            )
+        elif validation is not None:
+            validation = self._validate_validation_set(*validation)
+
+        config = self._optimization_config(loss if not continuing else self._loss)
+        if continuing:
+            trainer = self._trainer.continued(config, device)
+            trainer.module.set_dropout(self.dropout, self.attention_dropout)
+        else:
+            module = self._build_module(X.shape[1], n_outputs, initial_bias, rng)
+            trainer = Trainer(module.to(device), config)
+
+        data = TrainingData.build(
+            as_active_features(X), self._encode_target(y), sample_weight, device
+        )
+        score = self._validation_scorer(trainer, validation) if early_stopping else None
+        history = fit_epochs(
+            trainer,
+            data,
+            rng,
+            StoppingRule(
+                max_iter=1 if incremental else self.max_iter,
+                tol=self.tol,
+                n_iter_no_change=self.n_iter_no_change,
+                early_stopping=early_stopping,
+            ),
+            validation_score=score,
+            verbose=self.verbose,
+            first_epoch=self.n_iter_ + 1 if continuing else 1,
+        )
+        self._record(trainer, history, continuing, early_stopping, config.loss)
+        self._rng = rng
+        if not (history.converged or history.interrupted or incremental):
             warnings.warn(
                 f"Maximum iterations ({self.max_iter}) reached and the "
                 "optimization hasn't converged yet.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         return self
+
+    def _record(self, trainer, history, continuing, early_stopping, loss):
+        """Set the fitted attributes from a finished training call."""
+        scale = self._loss_scale()
+        losses = [scale * value for value in history.loss_curve]
+        previous_losses = self.loss_curve_ if continuing else []
+        previous_scores = (
+            self.validation_scores_ or [] if continuing and early_stopping else []
+        )
+        self._trainer = trainer
+        self._loss = loss
+        self.module_ = trainer.module
+        self.loss_curve_ = previous_losses + losses
+        self.n_iter_ = len(self.loss_curve_)
+        self.t_ = (self.t_ if continuing else 0) + history.samples_seen
+        if early_stopping:
+            self.validation_scores_ = previous_scores + history.validation_scores
+            self.best_validation_score_ = (
+                max(self.validation_scores_) if self.validation_scores_ else None
+            )
+            self.best_loss_ = None
+        else:
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+            self.best_loss_ = min(self.loss_curve_) if self.loss_curve_ else None
+
+    def _early_stopping_enabled(self, n_samples, validation, incremental):
+        if incremental:
+            if self.early_stopping is True:
+                raise ValueError("partial_fit does not support early_stopping=True.")
+            return False
+        if validation is not None and self.early_stopping is False:
+            raise ValueError(
+                "X_val and y_val are passed to fit while early_stopping is False. "
+                "Set early_stopping to 'auto' or True to use them."
+            )
+        if self.early_stopping == "auto":
+            return validation is not None or n_samples > AUTO_EARLY_STOPPING_MIN_SAMPLES
+        return self.early_stopping
+
+    def _split_validation(self, X, y, sample_weight, rng):
+        stratify = y if is_classifier(self) else None
+        split = train_test_split(
+            X,
+            y,
+            sample_weight,
+            test_size=self.validation_fraction,
+            stratify=stratify,
+            random_state=rng,
+        )
+        X_train, X_val, y_train, y_val, w_train, w_val = split
+        if X_val.shape[0] == 0:
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction} leaves no sample "
+                "for validation; raise it or pass X_val and y_val."
+            )
+        return X_train, y_train, w_train, (X_val, y_val, w_val)
+
+    def _validate_validation_set(self, X_val, y_val, sample_weight_val):
+        if X_val is None or y_val is None:
+            missing = "y_val" if y_val is None else "X_val"
+            raise ValueError(f"{missing} is needed too when the other is passed.")
+        X_val = self._validate_data(X_val, reset=False)
+        y_val = np.asarray(y_val)
+        if y_val.ndim != 1:
+            y_val = y_val.ravel()
+        check_consistent_length(X_val, y_val)
+        if not is_classifier(self) and not np.all(np.isfinite(y_val.astype(float))):
+            raise ValueError("Input y_val contains NaN or infinity.")
+        sample_weight_val = _check_sample_weight(
+            sample_weight_val, X_val, dtype=np.float64, ensure_non_negative=True
+        )
+        return X_val, y_val, sample_weight_val
+
+    def _validation_scorer(self, trainer, validation):
+        """A callable returning the validation score of ``trainer``'s network."""
+        X_val, y_val, sample_weight_val = validation
+        if self.scoring == "loss":
+            data = TrainingData.build(
+                as_active_features(X_val),
+                self._encode_target(y_val),
+                sample_weight_val,
+                trainer.device,
+            )
+            scale = self._loss_scale()
+            return lambda: -scale * trainer.mean_loss(data)
+
+        scorer = check_scoring(self, scoring=self.scoring)
+
+        def score():
+            # a shallow copy that predicts with the network being trained
+            view = copy.copy(self)
+            view.module_ = trainer.module
+            return scorer(view, X_val, y_val, sample_weight=sample_weight_val)
+
+        return score
+
+    def _check_architecture_unchanged(self):
+        module = self._trainer.module
+        fitted = (module.n_factors, module.attention_size, module.attention)
+        wanted = (self.n_factors, self.attention_size, self.attention)
+        if fitted[2] is False:
+            fitted, wanted = fitted[::2], wanted[::2]
+        if fitted != wanted:
+            raise ValueError(
+                "warm_start and partial_fit continue the fitted network, whose "
+                "n_factors, attention_size and attention cannot change: fitted "
+                f"with {fitted}, now {wanted}. Set warm_start=False to refit."
+            )
 
     def _build_module(self, n_features, n_outputs, initial_bias, rng):
         generator = torch.Generator()
@@ -175,34 +351,47 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             module.bias.copy_(torch.as_tensor(initial_bias, dtype=torch.float32))
         return module
 
-    def _training_config(self, loss):
-        return TrainingConfig(
+    def _optimization_config(self, loss):
+        return OptimizationConfig(
             loss=loss,
             optimizer=self.optimizer,
             learning_rate=self.learning_rate_init,
             batch_size=self.batch_size,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            n_iter_no_change=self.n_iter_no_change,
             shuffle=self.shuffle,
             alpha=self.alpha,
             attention_alpha=self.attention_alpha,
-            verbose=self.verbose,
         )
+
+    # -- prediction ------------------------------------------------------------
+
+    def _validate_data(self, X, y="no_validation", *, reset):
+        """validate_data with the input rules every method shares."""
+        check_params = dict(
+            reset=reset,
+            accept_sparse=ACCEPTED_SPARSE_FORMATS,
+            accept_large_sparse=True,
+            dtype=(np.float64, np.float32),
+        )
+        if isinstance(y, str) and y == "no_validation":
+            return validate_data(self, X, **check_params)
+        return validate_data(self, X, y, y_numeric=is_regressor(self), **check_params)
 
     def _raw_output(self, X):
         """Validated X -> network outputs, float64 of shape (n_samples, n_outputs)."""
         check_is_fitted(self)
         X = self._validate_data(X, reset=False)
-        device = self.module_.bias.device
-        return predict_raw(self.module_, as_active_features(X), device)
+        return predict_raw(self.module_, as_active_features(X))
+
+    # -- persistence and tags --------------------------------------------------
 
     def __getstate__(self):
         state = super().__getstate__()
-        module = state.get("module_")
-        if module is not None and module.bias.device.type != "cpu":
+        trainer = state.get("_trainer")
+        if trainer is not None:
             # pickles hold CPU tensors so they load on machines without a GPU
-            state["module_"] = copy.deepcopy(module).to("cpu")
+            cpu_trainer = trainer.to_cpu()
+            state["_trainer"] = cpu_trainer
+            state["module_"] = cpu_trainer.module
         return state
 
     def __sklearn_tags__(self):

@@ -60,9 +60,10 @@ class AttentionalFactorizationMachine(nn.Module):
         generator,
     ):
         super().__init__()
+        self.n_factors = n_factors
+        self.attention_size = attention_size
         self.attention = attention
-        self.dropout = dropout
-        self.attention_dropout = attention_dropout
+        self.set_dropout(dropout, attention_dropout)
 
         self.bias = nn.Parameter(torch.zeros(n_outputs))
         self.linear = nn.Parameter(torch.zeros(n_features, n_outputs))
@@ -75,6 +76,11 @@ class AttentionalFactorizationMachine(nn.Module):
             self.attention_query = nn.Parameter(torch.empty(attention_size, 1))
             nn.init.xavier_normal_(self.attention_weight, generator=generator)
             nn.init.xavier_normal_(self.attention_query, generator=generator)
+
+    def set_dropout(self, dropout, attention_dropout):
+        """Dropout rates used in training mode; they hold no learned state."""
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
 
     def sparse_parameters(self):
         """Tables indexed by feature: their gradients are sparse."""

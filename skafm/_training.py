@@ -1,10 +1,13 @@
 """Training loop and batched prediction for the torch network.
 
-Works on canonical CSR matrices (see ``_batching``) and numpy targets; it
-knows the losses and optimizers, not the estimators that call it.
+Works on canonical CSR matrices (see ``_batching``) and numpy targets. It knows
+losses, optimizers and stopping rules, not the estimators that call it: the
+validation score, for one, comes in as a plain callable.
 """
 
+import copy
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,43 +15,83 @@ import torch
 import torch.nn.functional as F
 
 from ._batching import iter_row_batches, pad_rows, row_widths
+from ._progress import progress_bar
 
 LOSSES = ("squared_error", "log_loss", "multinomial_log_loss")
 OPTIMIZERS = ("adam", "adagrad")
 
-# Rows of pairs materialised at once at predict time: bounds the
+# Pairs materialised at once at predict time: bounds the
 # (rows, pairs, max(n_factors, attention_size)) float32 intermediates.
 PREDICT_PAIR_BUDGET = 1 << 19
 PREDICT_MAX_ROWS = 1 << 14
 
 
-@dataclass
-class TrainingConfig:
-    """Everything the loop needs to know, as plain values."""
+class TrainingDivergedError(ValueError):
+    """The training objective became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class OptimizationConfig:
+    """How one epoch updates the network, as plain values."""
 
     loss: str
     optimizer: str
     learning_rate: float
     batch_size: int
-    max_iter: int
-    tol: float
-    n_iter_no_change: int
     shuffle: bool
     alpha: float
     attention_alpha: float
-    verbose: int = 0
+
+
+@dataclass(frozen=True)
+class StoppingRule:
+    """When the epoch loop ends.
+
+    With ``early_stopping`` the rule watches the validation score (higher is
+    better) and the best epoch's weights are restored at the end; otherwise it
+    watches the training loss.
+    """
+
+    max_iter: int
+    tol: float
+    n_iter_no_change: int
+    early_stopping: bool
 
 
 @dataclass
-class TrainingResult:
-    n_iter: int = 0
-    t: int = 0
-    converged: bool = False
+class TrainingData:
+    """Rows, targets and weights of one data set, ready for the trainer."""
+
+    X_csr: object
+    target: torch.Tensor
+    weight: torch.Tensor
+
+    @classmethod
+    def build(cls, X_csr, target, sample_weight, device):
+        weight = torch.as_tensor(sample_weight, dtype=torch.float32, device=device)
+        return cls(
+            X_csr,
+            torch.as_tensor(target, dtype=torch.float32, device=device),
+            # dividing by the mean weight makes unit weights give the plain mean
+            # and leaves training unchanged when all weights are scaled alike
+            weight / weight.mean(),
+        )
+
+    @property
+    def n_samples(self):
+        return self.X_csr.shape[0]
+
+
+@dataclass
+class EpochHistory:
+    """What one call of :func:`fit_epochs` did."""
+
     loss_curve: list = field(default_factory=list)
-
-
-class TrainingDivergedError(ValueError):
-    """The training objective became NaN or infinite."""
+    validation_scores: list = field(default_factory=list)
+    samples_seen: int = 0
+    converged: bool = False
+    interrupted: bool = False
+    best_epoch: int = -1
 
 
 def per_sample_loss(loss, output, target):
@@ -72,107 +115,221 @@ def make_optimizers(module, name, learning_rate):
     ]
 
 
-def train(module, X_csr, target, sample_weight, config, rng, device):
-    """Fit ``module`` in place by mini-batch gradient descent.
+class Trainer:
+    """A network with the optimizers that train it.
 
-    Parameters
-    ----------
-    module : AttentionalFactorizationMachine
-        Already on ``device``.
-    X_csr : scipy.sparse.csr_matrix
-        Canonical active features (see ``_batching.as_active_features``).
-    target : ndarray of shape (n_samples,)
-        Float targets: standardised values, 0/1 labels or class indices.
-    sample_weight : ndarray of shape (n_samples,)
-        Non-negative weights with a positive sum.
-    config : TrainingConfig
-    rng : numpy.random.RandomState
-        Source of the shuffling order and of the dropout seed.
-    device : torch.device
-
-    Returns
-    -------
-    result : TrainingResult
+    Kept by an estimator between calls so that ``warm_start`` and
+    ``partial_fit`` continue with the optimizer's state (Adam's moments,
+    Adagrad's sums), not only the weights.
     """
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
-    target_t = torch.as_tensor(target, dtype=torch.float32, device=device)
-    weight_t = torch.as_tensor(sample_weight, dtype=torch.float32, device=device)
-    # Dividing by the mean weight makes unit weights give the plain mean and
-    # leaves training unchanged when all weights are scaled by a constant.
-    weight_t = weight_t / weight_t.mean()
-    n_samples = X_csr.shape[0]
-    optimizers = make_optimizers(module, config.optimizer, config.learning_rate)
 
-    result = TrainingResult()
-    best_loss = np.inf
-    no_improvement = 0
-    module.train()
-    try:
-        for epoch in range(config.max_iter):
-            start = time.perf_counter()
-            shuffle_rng = rng if config.shuffle else None
-            epoch_loss = 0.0
-            for rows in iter_row_batches(n_samples, config.batch_size, shuffle_rng):
-                batch = pad_rows(X_csr, rows).to(device)
-                rows_t = torch.from_numpy(rows).to(device)
+    def __init__(self, module, config):
+        self.module = module
+        self.config = config
+        self.optimizers = make_optimizers(
+            module, config.optimizer, config.learning_rate
+        )
+
+    @property
+    def device(self):
+        return self.module.bias.device
+
+    def continued(self, config, device):
+        """A deep copy to train further, with the new call's settings.
+
+        Training a copy and swapping it in only at the end means a failed
+        call (diverged, bad input, interrupted validation) leaves the caller's
+        model untouched.
+        """
+        clone = copy.deepcopy(self)
+        clone.move_to(device)
+        if config.optimizer != clone.config.optimizer:
+            clone.optimizers = make_optimizers(
+                clone.module, config.optimizer, config.learning_rate
+            )
+        for optimizer in clone.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate
+        clone.config = config
+        return clone
+
+    def to_cpu(self):
+        """This trainer if it is on the CPU, else a CPU copy (for pickling)."""
+        if self.device.type == "cpu":
+            return self
+        clone = copy.deepcopy(self)
+        clone.move_to(torch.device("cpu"))
+        return clone
+
+    def move_to(self, device):
+        """Move the network and the optimizers' state to ``device``, in place."""
+        if self.device == device:
+            return
+        # nn.Module.to keeps the Parameter objects, so the optimizers'
+        # references to them stay valid; only their state needs moving
+        self.module.to(device)
+        for optimizer in self.optimizers:
+            for state in optimizer.state.values():
+                for key, value in state.items():
+                    if torch.is_tensor(value) and value.dim() > 0:
+                        state[key] = value.to(device)
+
+    def run_epoch(self, data, rng, generator, progress=None):
+        """One pass over ``data``; returns the objective summed over samples."""
+        config, module = self.config, self.module
+        module.train()
+        total = torch.zeros((), device=self.device)
+        shuffle_rng = rng if config.shuffle else None
+        try:
+            for rows in iter_row_batches(
+                data.n_samples, config.batch_size, shuffle_rng
+            ):
+                batch = pad_rows(data.X_csr, rows).to(self.device)
+                rows_t = torch.from_numpy(rows).to(self.device)
                 output, squared_norm = module.forward_with_penalty(
                     batch.index, batch.value, batch.mask, generator
                 )
                 sample_objective = (
-                    per_sample_loss(config.loss, output, target_t[rows_t])
+                    per_sample_loss(config.loss, output, data.target[rows_t])
                     + config.alpha * squared_norm
                 )
-                weighted_sum = (weight_t[rows_t] * sample_objective).sum()
+                weighted_sum = (data.weight[rows_t] * sample_objective).sum()
                 objective = (
                     weighted_sum / len(rows)
                     + config.attention_alpha * module.attention_penalty()
                 )
-                for optimizer in optimizers:
+                for optimizer in self.optimizers:
                     optimizer.zero_grad(set_to_none=True)
                 objective.backward()
                 # sparse updates build tensors from valid indices by
                 # construction; opting out of checks explicitly also stops
                 # torch from warning that they are implicitly off
                 with torch.sparse.check_sparse_tensor_invariants(enable=False):
-                    for optimizer in optimizers:
+                    for optimizer in self.optimizers:
                         optimizer.step()
-                epoch_loss += weighted_sum.item()
-                result.t += len(rows)
+                total += weighted_sum.detach()
+                if progress is not None:
+                    progress.update(len(rows))
+        finally:
+            module.eval()
+        return total.item()
 
-            epoch_loss = (
-                epoch_loss / n_samples
-                + config.attention_alpha * module.attention_penalty().item()
+    def mean_objective(self, epoch_sum, n_samples):
+        penalty = self.config.attention_alpha * self.module.attention_penalty().item()
+        return epoch_sum / n_samples + penalty
+
+    def mean_loss(self, data):
+        """Weighted mean loss on ``data`` in evaluation mode, without penalties."""
+        total = 0.0
+        self.module.eval()
+        with torch.inference_mode():
+            for rows in predict_batches(row_widths(data.X_csr)):
+                batch = pad_rows(data.X_csr, rows).to(self.device)
+                rows_t = torch.from_numpy(rows).to(self.device)
+                output = self.module(batch.index, batch.value, batch.mask)
+                losses = per_sample_loss(self.config.loss, output, data.target[rows_t])
+                total += (data.weight[rows_t] * losses).sum().item()
+        return total / data.n_samples
+
+    def weights(self):
+        """A copy of the network's parameters."""
+        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def load_weights(self, weights):
+        self.module.load_state_dict(weights)
+
+
+def fit_epochs(
+    trainer, data, rng, rule, *, validation_score=None, verbose=0, first_epoch=1
+):
+    """Train for up to ``rule.max_iter`` epochs.
+
+    Parameters
+    ----------
+    trainer : Trainer
+    data : TrainingData
+    rng : numpy.random.RandomState
+        Source of the shuffling order and of the dropout seed.
+    rule : StoppingRule
+    validation_score : callable or None
+        Called after each epoch with no argument; returns the validation
+        score (higher is better). Required when ``rule.early_stopping``.
+    verbose : int
+        1 prints one line per epoch, 2 adds a progress bar within epochs.
+    first_epoch : int
+        Number shown for the first epoch of this call (warm starts go on
+        counting).
+
+    Returns
+    -------
+    history : EpochHistory
+        A ``KeyboardInterrupt`` ends training early, with a warning, and is
+        recorded in ``history.interrupted``; the best weights so far are kept.
+    """
+    device = trainer.device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
+    history = EpochHistory()
+    best_score, best_weights, no_improvement = -np.inf, None, 0
+
+    for epoch in range(first_epoch, first_epoch + rule.max_iter):
+        start = time.perf_counter()
+        try:
+            with progress_bar(data.n_samples, f"Epoch {epoch}", verbose >= 2) as bar:
+                epoch_sum = trainer.run_epoch(data, rng, generator, bar)
+        except KeyboardInterrupt:
+            history.interrupted = True
+            warnings.warn(
+                f"Training interrupted by the user during epoch {epoch}; the model "
+                "keeps the best weights found so far.",
+                UserWarning,
+                stacklevel=5,
             )
-            if not np.isfinite(epoch_loss):
-                raise TrainingDivergedError(
-                    f"The training loss became {epoch_loss} at epoch {epoch + 1}: "
-                    "training diverged. Lower learning_rate_init or raise alpha."
-                )
-            result.n_iter = epoch + 1
-            result.loss_curve.append(epoch_loss)
-            if config.verbose:
-                print(
-                    f"Epoch {epoch + 1}, loss = {epoch_loss:.8f}, "
-                    f"{time.perf_counter() - start:.2f} s"
-                )
+            break
+        loss = trainer.mean_objective(epoch_sum, data.n_samples)
+        if not np.isfinite(loss):
+            raise TrainingDivergedError(
+                f"The training loss became {loss} at epoch {epoch}: training "
+                "diverged. Lower learning_rate_init or raise alpha."
+            )
+        history.loss_curve.append(loss)
+        history.samples_seen += data.n_samples
 
-            if epoch_loss > best_loss - config.tol:
-                no_improvement += 1
-            else:
-                no_improvement = 0
-            best_loss = min(best_loss, epoch_loss)
-            if no_improvement >= config.n_iter_no_change:
-                result.converged = True
-                if config.verbose:
-                    print(
-                        f"Training loss did not improve more than tol={config.tol} "
-                        f"for {config.n_iter_no_change} consecutive epochs. Stopping."
-                    )
-                break
-    finally:
-        module.eval()
-    return result
+        score = -loss if validation_score is None else validation_score()
+        if validation_score is not None:
+            history.validation_scores.append(score)
+        if verbose:
+            print(
+                f"Epoch {epoch}, loss = {loss:.6f}"
+                + (
+                    ""
+                    if validation_score is None
+                    else f", validation score = {score:.6f}"
+                )
+                + f", {time.perf_counter() - start:.2f} s"
+            )
+
+        # the loss rule compares losses, the early stopping rule scores; both
+        # as "higher is better" so one bookkeeping serves the two
+        no_improvement = no_improvement + 1 if score < best_score + rule.tol else 0
+        if score > best_score:
+            best_score = score
+            history.best_epoch = len(history.loss_curve) - 1
+            if rule.early_stopping:
+                best_weights = trainer.weights()
+        if no_improvement >= rule.n_iter_no_change:
+            history.converged = True
+            if verbose:
+                watched = "Validation score" if rule.early_stopping else "Training loss"
+                print(
+                    f"{watched} did not improve more than tol={rule.tol} for "
+                    f"{rule.n_iter_no_change} consecutive epochs. Stopping."
+                )
+            break
+
+    if best_weights is not None:
+        trainer.load_weights(best_weights)
+    return history
 
 
 def predict_batches(widths):
@@ -202,10 +359,10 @@ def predict_batches(widths):
             yield group[start : start + size]
 
 
-def predict_raw(module, X_csr, device):
+def predict_raw(module, X_csr):
     """Raw network outputs for every row, as float64 of shape (n_samples, n_outputs)."""
-    n_outputs = module.bias.shape[0]
-    out = np.empty((X_csr.shape[0], n_outputs), dtype=np.float64)
+    device = module.bias.device
+    out = np.empty((X_csr.shape[0], module.bias.shape[0]), dtype=np.float64)
     module.eval()
     with torch.inference_mode():
         for rows in predict_batches(row_widths(X_csr)):
