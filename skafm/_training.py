@@ -20,9 +20,10 @@ from ._progress import progress_bar
 LOSSES = ("squared_error", "log_loss", "multinomial_log_loss")
 OPTIMIZERS = ("adam", "adagrad")
 
-# Pairs materialised at once at predict time: bounds the
-# (rows, pairs, max(n_factors, attention_size)) float32 intermediates.
-PREDICT_PAIR_BUDGET = 1 << 19
+# Floats in one (rows, pairs, max(n_factors, attention_size)) intermediate at
+# predict time: 4 MB keeps each pass over it in cache, measured 3x faster on
+# Frappe than chunks 32 times larger.
+PREDICT_FLOAT_BUDGET = 1 << 20
 PREDICT_MAX_ROWS = 1 << 14
 
 
@@ -223,7 +224,8 @@ class Trainer:
         total = 0.0
         self.module.eval()
         with torch.inference_mode():
-            for rows in predict_batches(row_widths(data.X_csr)):
+            widths = row_widths(data.X_csr)
+            for rows in predict_batches(widths, self.module.floats_per_pair):
                 batch = pad_rows(data.X_csr, rows).to(self.device)
                 rows_t = torch.from_numpy(rows).to(self.device)
                 output = self.module(batch.index, batch.value, batch.mask)
@@ -332,29 +334,31 @@ def fit_epochs(
     return history
 
 
-def predict_batches(widths):
+def predict_batches(widths, floats_per_pair=1):
     """Split rows into chunks of equal width whose pair tensors stay bounded.
 
     Parameters
     ----------
     widths : ndarray of int
         Number of active features of each row.
+    floats_per_pair : int
+        Size of the largest per-pair vector, ``max(n_factors, attention_size)``.
 
     Yields
     ------
     rows : ndarray of int
         Row numbers of one chunk. All rows of a chunk have the same width, so
         nothing is padded and each row's output is computed exactly as if it
-        were predicted alone. A chunk holds at most ``PREDICT_PAIR_BUDGET``
-        pairs (or a single row, however wide).
+        were predicted alone. A chunk's pair tensors hold at most
+        ``PREDICT_FLOAT_BUDGET`` floats (or a single row, however wide).
     """
     order = np.argsort(widths, kind="stable")
     sorted_widths = widths[order]
     boundaries = np.flatnonzero(np.diff(sorted_widths)) + 1
     for group in np.split(order, boundaries):
         width = int(widths[group[0]])
-        pairs = max(width * (width - 1) // 2, 1)
-        size = max(1, min(PREDICT_MAX_ROWS, PREDICT_PAIR_BUDGET // pairs))
+        row_floats = max(width * (width - 1) // 2, 1) * floats_per_pair
+        size = max(1, min(PREDICT_MAX_ROWS, PREDICT_FLOAT_BUDGET // row_floats))
         for start in range(0, len(group), size):
             yield group[start : start + size]
 
@@ -365,7 +369,7 @@ def predict_raw(module, X_csr):
     out = np.empty((X_csr.shape[0], module.bias.shape[0]), dtype=np.float64)
     module.eval()
     with torch.inference_mode():
-        for rows in predict_batches(row_widths(X_csr)):
+        for rows in predict_batches(row_widths(X_csr), module.floats_per_pair):
             batch = pad_rows(X_csr, rows).to(device)
             output = module(batch.index, batch.value, batch.mask)
             out[rows] = output.cpu().numpy()

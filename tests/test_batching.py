@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from skafm._batching import as_active_features, iter_row_batches, pad_rows
-from skafm._training import PREDICT_PAIR_BUDGET, predict_batches
+from skafm._training import PREDICT_FLOAT_BUDGET, predict_batches
 
 
 def test_explicit_zeros_and_duplicates_are_canonicalised_without_touching_input():
@@ -88,9 +88,9 @@ def test_row_batches_cover_every_row_once():
 def test_predict_chunks_have_equal_width_and_bounded_pairs():
     rng = np.random.RandomState(0)
     widths = rng.choice([0, 1, 2, 10, 2000], size=3000)
-    chunks = list(predict_batches(widths))
+    chunks = list(predict_batches(widths, floats_per_pair=8))
     np.testing.assert_array_equal(np.sort(np.concatenate(chunks)), np.arange(3000))
     for rows in chunks:
         assert len(np.unique(widths[rows])) == 1
         pairs = widths[rows[0]] * (widths[rows[0]] - 1) // 2
-        assert len(rows) == 1 or len(rows) * pairs <= PREDICT_PAIR_BUDGET
+        assert len(rows) == 1 or len(rows) * max(pairs, 1) * 8 <= PREDICT_FLOAT_BUDGET

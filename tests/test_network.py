@@ -6,7 +6,13 @@ import scipy.sparse as sp
 import torch
 
 from skafm._batching import as_active_features, pad_rows
-from skafm._network import AttentionalFactorizationMachine, masked_softmax
+from skafm._network import (
+    AttentionalFactorizationMachine,
+    AttentionPooling,
+    masked_softmax,
+    pair_positions,
+    pair_selectors,
+)
 
 
 def make_module(n_features=12, n_outputs=1, attention=True, seed=0, **kwargs):
@@ -137,3 +143,27 @@ def test_row_output_does_not_depend_on_batch_mates():
             alone = pad_rows(X, np.array([row]))
             single = module(alone.index, alone.value, alone.mask)
             assert torch.equal(single[0], joint[position])
+
+
+@pytest.mark.parametrize("with_dropout", [False, True])
+def test_attention_pooling_backward_matches_numerical_gradients(with_dropout):
+    torch.manual_seed(0)
+    n_rows, width, k, t = 3, 4, 3, 2
+    scaled = torch.randn(n_rows, width, k, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    left, right = pair_positions(width, scaled.device)
+    pair_mask = mask[:, left] & mask[:, right]
+    select_left, select_right = (
+        s.double() for s in pair_selectors(width, scaled.device)
+    )
+    W = torch.randn(t, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(t, dtype=torch.float64, requires_grad=True)
+    query = torch.randn(t, 1, dtype=torch.float64, requires_grad=True)
+    keep = (torch.rand(pair_mask.shape) > 0.3).double() / 0.7 if with_dropout else None
+
+    def pooled(scaled, W, b, query):
+        return AttentionPooling.apply(
+            scaled, pair_mask, select_left, select_right, W, b, query, keep
+        )
+
+    assert torch.autograd.gradcheck(pooled, (scaled, W, b, query))
