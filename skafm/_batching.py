@@ -110,12 +110,42 @@ def pad_rows(X_csr, rows):
     )
 
 
-def iter_row_batches(n_rows, batch_size, rng=None):
+# Rows are bucketed by width within windows of this many batches: enough to
+# cut most padding, few enough that batches stay well mixed.
+BUCKET_WINDOW_BATCHES = 50
+
+
+def iter_row_batches(n_rows, batch_size, rng=None, widths=None):
     """Yield arrays of row numbers covering ``range(n_rows)`` once.
 
-    Rows come in a random order when ``rng`` (a numpy RandomState) is given,
-    in their natural order otherwise.
+    Parameters
+    ----------
+    n_rows, batch_size : int
+    rng : numpy.random.RandomState or None
+        Rows come in a random order when given, in their natural order
+        otherwise.
+    widths : ndarray of int or None
+        Active features per row. When given with ``rng`` and rows differ in
+        width, each window of ``BUCKET_WINDOW_BATCHES`` shuffled batches is
+        regrouped so rows of similar width share a batch (a batch is padded to
+        its widest row and its cost grows with the square of that width), and
+        the batches are served in random order.
     """
-    order = rng.permutation(n_rows) if rng is not None else np.arange(n_rows)
-    for start in range(0, n_rows, batch_size):
-        yield order[start : start + batch_size]
+    if rng is None:
+        order = np.arange(n_rows)
+        for start in range(0, n_rows, batch_size):
+            yield order[start : start + batch_size]
+        return
+    order = rng.permutation(n_rows)
+    if widths is None or widths.min(initial=0) == widths.max(initial=0):
+        for start in range(0, n_rows, batch_size):
+            yield order[start : start + batch_size]
+        return
+    window = batch_size * BUCKET_WINDOW_BATCHES
+    batches = []
+    for start in range(0, n_rows, window):
+        rows = order[start : start + window]
+        rows = rows[np.argsort(widths[rows], kind="stable")]
+        batches += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    for position in rng.permutation(len(batches)):
+        yield batches[position]

@@ -82,6 +82,10 @@ class TrainingData:
     def n_samples(self):
         return self.X_csr.shape[0]
 
+    @property
+    def widths(self):
+        return row_widths(self.X_csr)
+
 
 @dataclass
 class EpochHistory:
@@ -181,10 +185,11 @@ class Trainer:
         module.train()
         total = torch.zeros((), device=self.device)
         shuffle_rng = rng if config.shuffle else None
+        batches = iter_row_batches(
+            data.n_samples, config.batch_size, shuffle_rng, data.widths
+        )
         try:
-            for rows in iter_row_batches(
-                data.n_samples, config.batch_size, shuffle_rng
-            ):
+            for rows in batches:
                 batch = pad_rows(data.X_csr, rows).to(self.device)
                 rows_t = torch.from_numpy(rows).to(self.device)
                 output, squared_norm = module.forward_with_penalty(

@@ -94,3 +94,17 @@ def test_predict_chunks_have_equal_width_and_bounded_pairs():
         assert len(np.unique(widths[rows])) == 1
         pairs = widths[rows[0]] * (widths[rows[0]] - 1) // 2
         assert len(rows) == 1 or len(rows) * max(pairs, 1) * 8 <= PREDICT_FLOAT_BUDGET
+
+
+def test_training_batches_bucket_rows_of_similar_width():
+    rng = np.random.RandomState(0)
+    widths = rng.randint(1, 41, size=5000)
+    batches = list(iter_row_batches(5000, 50, np.random.RandomState(1), widths))
+    np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(5000))
+    padded = sum(len(b) * widths[b].max() for b in batches)
+    unbucketed = list(iter_row_batches(5000, 50, np.random.RandomState(1)))
+    padded_unbucketed = sum(len(b) * widths[b].max() for b in unbucketed)
+    assert padded < 0.7 * padded_unbucketed
+    # batches are still served in random order, not sorted by width
+    maxima = [widths[b].max() for b in batches]
+    assert maxima != sorted(maxima)
