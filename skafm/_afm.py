@@ -360,6 +360,9 @@ class AFMRegressor(RegressorMixin, BaseAFM):
     def _loss_scale(self):
         return self._target_scale**2
 
+    def _output_units(self):
+        return self._target_scale, self._target_mean
+
     def predict(self, X):
         """Predict targets for the samples in X.
 

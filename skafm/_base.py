@@ -152,6 +152,43 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         """Factor that brings the network's loss to the units of y."""
         return 1.0
 
+    def _output_units(self):
+        """(scale, offset) mapping raw network outputs to the estimator's units."""
+        return 1.0, 0.0
+
+    def explain(self, X, *, feature_names=None, as_frame="auto"):
+        """Explain each prediction as a sum of bias, linear and pair terms.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Samples to explain.
+
+        feature_names : array-like of str, default=None
+            Names of the input columns; defaults to ``feature_names_in_``
+            when fitted on a DataFrame, ``x0, x1, ...`` otherwise. For a model
+            inside a Pipeline, use :func:`skafm.inspection.explain` on the
+            Pipeline to name the encoded columns.
+
+        as_frame : "auto" or bool, default="auto"
+            Return pandas DataFrames ("auto": when pandas is installed) or
+            numpy structured arrays.
+
+        Returns
+        -------
+        explanation : Bunch
+            ``pairs``: for each row and each pair of its active features, the
+            features' indices and names, the pair's attention weight (a
+            row's weights sum to 1) and its contribution to the output.
+            ``rows``: each row's ``bias``, ``linear`` and ``interactions``
+            terms and their sum ``output``, equal to ``predict`` for the
+            regressor and ``decision_function`` for the classifier. See
+            :func:`skafm.inspection.explain`.
+        """
+        from .inspection import explain
+
+        return explain(self, X, feature_names=feature_names, as_frame=as_frame)
+
     # -- fitting ---------------------------------------------------------------
 
     def _fit(

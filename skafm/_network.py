@@ -131,14 +131,24 @@ class AttentionalFactorizationMachine(nn.Module):
             return torch.zeros((), device=self.bias.device)
         return self.attention_weight.square().sum()
 
-    def pair_attention(self, index, value, mask):
-        """Attention weights of every pair, the pairs' products and their mask.
+    def additive_parts(self, index, value, mask):
+        """The terms whose sum is the output, for explaining predictions.
 
-        Returns ``(weights, products, pair_mask, left, right)`` with weights of
-        shape (n_rows, n_pairs), products (n_rows, n_pairs, n_factors), and the
-        positions ``left < right`` of each pair within the padded row.
+        Returns
+        -------
+        linear : Tensor of shape (n_rows, n_outputs)
+            Linear term of each row (the bias is ``self.bias``).
+        weights : Tensor of shape (n_rows, n_pairs)
+            Attention weight of each pair (1 for every real pair without
+            attention, 0 for padding).
+        contributions : Tensor of shape (n_rows, n_pairs, n_outputs)
+            Each pair's term ``a_ij p^T (v_i x_i * v_j x_j)`` of the output.
+        left, right : Tensor of shape (n_pairs,)
+            Positions of each pair's features within the padded row.
         """
         scaled = F.embedding(index, self.embedding) * value.unsqueeze(-1)
+        linear_weights = F.embedding(index, self.linear)
+        linear = torch.bmm(value.unsqueeze(1), linear_weights).squeeze(1)
         left, right = pair_positions(scaled.shape[1], scaled.device)
         products = scaled[:, left] * scaled[:, right]
         pair_mask = mask[:, left] & mask[:, right]
@@ -146,7 +156,8 @@ class AttentionalFactorizationMachine(nn.Module):
             weights = masked_softmax(self._attention_scores(products), pair_mask)
         else:
             weights = pair_mask.to(products.dtype)
-        return weights, products, pair_mask, left, right
+        contributions = weights.unsqueeze(-1) * (products @ self.projection)
+        return linear, weights, contributions, left, right
 
     def _attention_pooling(self, scaled, mask, generator):
         left, right = pair_positions(scaled.shape[1], scaled.device)

@@ -95,14 +95,31 @@ def test_attention_weights_are_a_softmax_over_each_rows_real_pairs():
     module = make_module(n_features=4)
     batch = pad_rows(X, np.arange(3))
     with torch.no_grad():
-        weights, _, pair_mask, _, _ = module.pair_attention(
+        _, weights, _, left, right = module.additive_parts(
             batch.index, batch.value, batch.mask
         )
+    pair_mask = batch.mask[:, left] & batch.mask[:, right]
     totals = weights.sum(1).numpy()
     np.testing.assert_allclose(totals, [1.0, 0.0, 1.0], atol=1e-6)
     # the wrong-axis bug makes every weight 1: here a row of 6 pairs shares 1
     assert weights[0].max() < 1.0
     assert torch.all(weights[~pair_mask] == 0)
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_additive_parts_sum_to_the_output(attention):
+    rng = np.random.RandomState(0)
+    dense = rng.normal(size=(6, 12)) * (rng.rand(6, 12) < 0.5)
+    X = as_active_features(sp.csr_matrix(dense))
+    module = make_module(n_outputs=3, attention=attention)
+    batch = pad_rows(X, np.arange(6))
+    with torch.no_grad():
+        output = module(batch.index, batch.value, batch.mask)
+        linear, _, contributions, _, _ = module.additive_parts(
+            batch.index, batch.value, batch.mask
+        )
+    total = module.bias + linear + contributions.sum(1)
+    torch.testing.assert_close(total, output, rtol=1e-5, atol=1e-5)
 
 
 def test_masked_softmax_of_rows_without_pairs_is_zero_not_nan():
