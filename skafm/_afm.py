@@ -7,11 +7,11 @@ from sklearn.utils.multiclass import check_classification_targets
 
 from ._base import BaseAFM, unchanged_on_failure
 
-_PARAMETERS_DOC = """
-    n_factors : int, default=32
+_PARAMETERS_TEMPLATE = """
+    n_factors : int, default=64
         Size k of the feature embeddings.
 
-    attention_size : int, default=32
+    attention_size : int, default=16
         Number of hidden units t of the attention network.
 
     attention : bool, default=True
@@ -29,9 +29,9 @@ _PARAMETERS_DOC = """
         Strength of the L2 penalty on the weight matrix W of the attention
         network (the paper's lambda).
 
-    dropout : float, default=0.0
-        Dropout rate on the pooled interaction vector during training. Never
-        applied at prediction time.
+    dropout : float, default={dropout}
+        Dropout rate on the pooled interaction vector during training, the
+        main regulariser. Never applied at prediction time.
 
     attention_dropout : float, default=0.0
         Dropout rate on the attention weights during training. Never applied
@@ -103,6 +103,12 @@ _PARAMETERS_DOC = """
         Print the training loss and time of each epoch when positive.
 """
 
+
+def _parameters_doc(dropout):
+    """The shared parameter docs, with this estimator's default dropout."""
+    return _PARAMETERS_TEMPLATE.replace("{dropout}", str(dropout))
+
+
 _ATTRIBUTES_DOC = """
     n_features_in_ : int
         Number of features seen during :term:`fit`.
@@ -153,13 +159,16 @@ def _validation_triplet(X_val, y_val, sample_weight_val):
     return X_val, y_val, sample_weight_val
 
 
+# Chosen on a validation part of the Frappe training file (see
+# benchmarks/README.md): a large embedding, a small attention network and
+# strong dropout on the pooled interactions generalise best.
 _DEFAULTS = dict(
-    n_factors=32,
-    attention_size=32,
+    n_factors=64,
+    attention_size=16,
     attention=True,
     alpha=1e-5,
     attention_alpha=0.0,
-    dropout=0.0,
+    dropout=0.5,
     attention_dropout=0.0,
     optimizer="adam",
     learning_rate_init=0.01,
@@ -192,7 +201,7 @@ class AFMRegressor(RegressorMixin, BaseAFM):
     units.
 
     Parameters
-    ----------{_PARAMETERS_DOC}
+    ----------{_parameters_doc(_DEFAULTS["dropout"])}
     Attributes
     ----------{_ATTRIBUTES_DOC}
     See Also
@@ -380,6 +389,9 @@ class AFMRegressor(RegressorMixin, BaseAFM):
         return raw * self._target_scale + self._target_mean
 
 
+_CLASSIFIER_DROPOUT = 0.7
+
+
 class AFMClassifier(ClassifierMixin, BaseAFM):
     __doc__ = f"""Attentional factorization machine for classification.
 
@@ -391,7 +403,7 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
     densified.
 
     Parameters
-    ----------{_PARAMETERS_DOC}
+    ----------{_parameters_doc(_CLASSIFIER_DROPOUT)}
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
@@ -430,7 +442,7 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
         attention=_DEFAULTS["attention"],
         alpha=_DEFAULTS["alpha"],
         attention_alpha=_DEFAULTS["attention_alpha"],
-        dropout=_DEFAULTS["dropout"],
+        dropout=_CLASSIFIER_DROPOUT,
         attention_dropout=_DEFAULTS["attention_dropout"],
         optimizer=_DEFAULTS["optimizer"],
         learning_rate_init=_DEFAULTS["learning_rate_init"],

@@ -17,7 +17,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
 
 
 def fields_of(n_fields, n_categories):
-    return {f"f{f}": range(f * n_categories, (f + 1) * n_categories) for f in range(n_fields)}
+    return {
+        f"f{f}": range(f * n_categories, (f + 1) * n_categories)
+        for f in range(n_fields)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +49,15 @@ def test_contributions_add_up_to_decision_function(n_classes):
     explanation = model.explain(X[:50])
     decision = model.decision_function(X[:50]).reshape(50, -1)
     if n_classes == 2:
-        np.testing.assert_allclose(explanation.rows["output"], decision[:, 0], atol=1e-5)
+        np.testing.assert_allclose(
+            explanation.rows["output"], decision[:, 0], atol=1e-5
+        )
     else:
         for j, label in enumerate(model.classes_):
             column = f"output[{label}]"
-            np.testing.assert_allclose(explanation.rows[column], decision[:, j], atol=1e-5)
+            np.testing.assert_allclose(
+                explanation.rows[column], decision[:, j], atol=1e-5
+            )
             assert f"contribution[{label}]" in explanation.pairs
 
 
@@ -86,9 +93,13 @@ def test_planted_field_pairs_rank_on_top():
         8000, n_fields, n_categories, interactions=2, noise=0.1, random_state=3
     )
     model = AFMRegressor(random_state=0).fit(X, y)
-    importance = interaction_importance(model, X, groups=fields_of(n_fields, n_categories))
+    importance = interaction_importance(
+        model, X, groups=fields_of(n_fields, n_categories)
+    )
     assert importance.field_importance.shape == (n_fields, n_fields)
-    np.testing.assert_allclose(importance.field_importance, importance.field_importance.T)
+    np.testing.assert_allclose(
+        importance.field_importance, importance.field_importance.T
+    )
     top_two = {tuple(sorted((a, b))) for a, b, _ in importance.top_field_pairs(2)}
     expected = {(f"f{a}", f"f{b}") for a, b in planted}
     assert top_two == expected
@@ -133,9 +144,14 @@ def test_fields_from_a_column_transformer():
         }
     )
     encode = ColumnTransformer(
-        [("cat", OneHotEncoder(), ["city", "day"]), ("num", StandardScaler(), ["price"])]
+        [
+            ("cat", OneHotEncoder(), ["city", "day"]),
+            ("num", StandardScaler(), ["price"]),
+        ]
     )
-    pipeline = make_pipeline(encode, AFMRegressor(**FAST)).fit(frame, rng.normal(size=300))
+    pipeline = make_pipeline(encode, AFMRegressor(**FAST)).fit(
+        frame, rng.normal(size=300)
+    )
     importance = interaction_importance(pipeline, frame)
     assert list(importance.field_names) == ["cat__city", "cat__day", "num__price"]
 
