@@ -12,13 +12,19 @@ README = ROOT / "README.md"
 pytestmark = pytest.mark.skipif(not README.exists(), reason="not run from a clone")
 
 
-def test_readme_quickstart_runs_and_scores_well(tmp_path, capsys):
+def test_readme_python_examples_run_and_score_well(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks, "README.md has no python example"
-    script = tmp_path / "quickstart.py"
-    script.write_text(blocks[0])
-    runpy.run_path(str(script), run_name="__main__")
+    assert len(blocks) >= 2, "README.md lost its python examples"
+    # later examples continue from the earlier ones, as a reader runs them
+    script = tmp_path / "readme_examples.py"
+    script.write_text("\n".join(blocks))
+    namespace = runpy.run_path(str(script), run_name="__main__")
     assert float(capsys.readouterr().out.strip()) > 0.9
+    rows = namespace["explanation"].rows
+    assert len(rows) == 5
+    assert len(namespace["importance"].top_field_pairs(3)) == 3
 
 
 def test_ci_runs_the_readme_test_command():
