@@ -50,7 +50,6 @@ TUNING_GRID = {
     "n_factors": [64, 128],
     "attention_size": [16],
     "dropout": [0.5, 0.7],
-    "attention_dropout": [0.0, 0.2],
 }
 
 
@@ -92,7 +91,6 @@ def tune_skafm(task, data, attention=True, grid=TUNING_GRID):
         params = dict(zip(grid, values, strict=True))
         model = skafm_estimator(
             task,
-            attention_size=params["n_factors"],
             attention=attention,
             random_state=0,
             **params,

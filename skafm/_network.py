@@ -97,8 +97,8 @@ class AttentionalFactorizationMachine(nn.Module):
 
     def forward(self, index, value, mask, generator=None):
         """Raw outputs of shape (n_rows, n_outputs)."""
-        output, _ = self.forward_with_penalty(index, value, mask, generator)
-        return output
+        embedded, linear_weights = self._lookup(index)
+        return self._output(embedded, linear_weights, value, mask, generator)
 
     def forward_with_penalty(self, index, value, mask, generator=None):
         """Raw outputs and each row's squared norm of its active parameters.
@@ -107,23 +107,30 @@ class AttentionalFactorizationMachine(nn.Module):
         is the lazy L2 penalty used in training: only parameters the row
         touches are regularised, so a step costs nothing per unseen feature.
         """
-        embedded = F.embedding(index, self.embedding, sparse=True)
-        linear_weights = F.embedding(index, self.linear, sparse=True)
-        scaled = embedded * value.unsqueeze(-1)
-        linear = torch.bmm(value.unsqueeze(1), linear_weights).squeeze(1)
-
-        if self.attention:
-            pooled = self._attention_pooling(scaled, mask, generator)
-        else:
-            pooled = sum_pooling(scaled)
-        pooled = self._dropout(pooled, self.dropout, generator)
-        output = self.bias + linear + per_row_matmul(pooled, self.projection)
-
+        embedded, linear_weights = self._lookup(index)
+        output = self._output(embedded, linear_weights, value, mask, generator)
         active = mask.unsqueeze(-1)
         squared_norm = (embedded.square() * active).sum((1, 2)) + (
             linear_weights.square() * active
         ).sum((1, 2))
         return output, squared_norm
+
+    def _lookup(self, index):
+        # sparse gradients: a step touches only the rows of the batch's features
+        return (
+            F.embedding(index, self.embedding, sparse=True),
+            F.embedding(index, self.linear, sparse=True),
+        )
+
+    def _output(self, embedded, linear_weights, value, mask, generator):
+        scaled = embedded * value.unsqueeze(-1)
+        linear = torch.bmm(value.unsqueeze(1), linear_weights).squeeze(1)
+        if self.attention:
+            pooled = self._attention_pooling(scaled, mask, generator)
+        else:
+            pooled = sum_pooling(scaled)
+        pooled = self._dropout(pooled, self.dropout, generator)
+        return self.bias + linear + per_row_matmul(pooled, self.projection)
 
     def attention_penalty(self):
         """Squared Frobenius norm of the attention network's weight matrix W."""
