@@ -1,4 +1,4 @@
-"""The search behind skafm's defaults: validation loss of given parameter sets on Frappe.
+"""The search behind skafm's defaults: validation loss of parameter sets on Frappe.
 
 Fits on 90% of the Frappe training file and scores on the other 10% (the same
 stratified split as bench_accuracy.py); the test file is never read.
