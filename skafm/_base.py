@@ -32,8 +32,24 @@ from ._training import (
     fit_epochs,
     predict_raw,
 )
+from .exceptions import InconsistentVersionWarning
 
 ACCEPTED_SPARSE_FORMATS = ("csr", "csc", "coo")
+
+
+def current_versions():
+    """Versions of skafm and of the libraries a pickled model depends on."""
+    import sklearn
+
+    from . import __version__
+
+    return {
+        "skafm": __version__,
+        "torch": torch.__version__,
+        "sklearn": sklearn.__version__,
+    }
+
+
 # as HistGradientBoosting: early_stopping="auto" turns it on above this size
 AUTO_EARLY_STOPPING_MIN_SAMPLES = 10_000
 
@@ -429,7 +445,20 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             cpu_trainer = trainer.to_cpu()
             state["_trainer"] = cpu_trainer
             state["module_"] = cpu_trainer.module
+        state["_skafm_versions"] = current_versions()
         return state
+
+    def __setstate__(self, state):
+        saved = state.pop("_skafm_versions", None)
+        now = current_versions()
+        if saved is not None and saved["skafm"] != now["skafm"]:
+            warnings.warn(
+                InconsistentVersionWarning(
+                    original_versions=saved, current_versions=now
+                ),
+                stacklevel=2,
+            )
+        super().__setstate__(state)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
