@@ -25,6 +25,11 @@ OPTIMIZERS = ("adam", "adagrad")
 # Frappe than chunks 32 times larger.
 PREDICT_FLOAT_BUDGET = 1 << 20
 PREDICT_MAX_ROWS = 1 << 14
+# Floats in one per-pair intermediate of a training (sub-)batch: 64 MB.
+TRAIN_FLOAT_BUDGET = 1 << 24
+# Floats in one per-pair intermediate of a single row: beyond this (256 MB, a
+# dozen such tensors live in a backward pass) a row is refused with an error.
+MAX_ROW_FLOATS = 1 << 26
 
 
 class TrainingDivergedError(ValueError):
@@ -188,37 +193,47 @@ class Trainer:
         batches = iter_row_batches(
             data.n_samples, config.batch_size, shuffle_rng, data.widths
         )
+        widths = data.widths
         try:
             for rows in batches:
-                batch = pad_rows(data.X_csr, rows).to(self.device)
-                rows_t = torch.from_numpy(rows).to(self.device)
-                output, squared_norm = module.forward_with_penalty(
-                    batch.index, batch.value, batch.mask, generator
-                )
-                sample_objective = (
-                    per_sample_loss(config.loss, output, data.target[rows_t])
-                    + config.alpha * squared_norm
-                )
-                weighted_sum = (data.weight[rows_t] * sample_objective).sum()
-                objective = (
-                    weighted_sum / len(rows)
-                    + config.attention_alpha * module.attention_penalty()
-                )
                 for optimizer in self.optimizers:
                     optimizer.zero_grad(set_to_none=True)
-                objective.backward()
+                # a batch too big for memory is run in parts whose gradients
+                # add up to the whole batch's: the same step, bounded memory
+                parts = bounded_parts(rows, widths, self._floats_per_pair())
+                for position, part in enumerate(parts):
+                    batch = pad_rows(data.X_csr, part).to(self.device)
+                    part_t = torch.from_numpy(part).to(self.device)
+                    output, squared_norm = module.forward_with_penalty(
+                        batch.index, batch.value, batch.mask, generator
+                    )
+                    sample_objective = (
+                        per_sample_loss(config.loss, output, data.target[part_t])
+                        + config.alpha * squared_norm
+                    )
+                    weighted_sum = (data.weight[part_t] * sample_objective).sum()
+                    objective = weighted_sum / len(rows)
+                    if position == 0:
+                        objective = objective + (
+                            config.attention_alpha * module.attention_penalty()
+                        )
+                    objective.backward()
+                    total += weighted_sum.detach()
                 # sparse updates build tensors from valid indices by
                 # construction; opting out of checks explicitly also stops
                 # torch from warning that they are implicitly off
                 with torch.sparse.check_sparse_tensor_invariants(enable=False):
                     for optimizer in self.optimizers:
                         optimizer.step()
-                total += weighted_sum.detach()
                 if progress is not None:
                     progress.update(len(rows))
         finally:
             module.eval()
         return total.item()
+
+    def _floats_per_pair(self):
+        # sum pooling never builds per-pair tensors
+        return self.module.floats_per_pair if self.module.attention else 0
 
     def mean_objective(self, epoch_sum, n_samples):
         penalty = self.config.attention_alpha * self.module.attention_penalty().item()
@@ -230,6 +245,7 @@ class Trainer:
         self.module.eval()
         with torch.inference_mode():
             widths = row_widths(data.X_csr)
+            check_row_widths(widths, self._floats_per_pair())
             for rows in predict_batches(widths, self.module.floats_per_pair):
                 batch = pad_rows(data.X_csr, rows).to(self.device)
                 rows_t = torch.from_numpy(rows).to(self.device)
@@ -273,6 +289,7 @@ def fit_epochs(
         A ``KeyboardInterrupt`` ends training early, with a warning, and is
         recorded in ``history.interrupted``; the best weights so far are kept.
     """
+    check_row_widths(data.widths, trainer._floats_per_pair())
     device = trainer.device
     generator = torch.Generator(device=device)
     generator.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
@@ -339,6 +356,53 @@ def fit_epochs(
     return history
 
 
+def pair_floats(widths, floats_per_pair):
+    """Floats in a per-pair tensor of one row of each width."""
+    widths = np.asarray(widths, dtype=np.int64)
+    return widths * (widths - 1) // 2 * floats_per_pair
+
+
+def check_row_widths(widths, floats_per_pair):
+    """Refuse rows whose pair tensors alone would exhaust memory."""
+    if floats_per_pair == 0 or len(widths) == 0:
+        return
+    row = int(np.argmax(widths))
+    needed = int(pair_floats(widths[row], floats_per_pair))
+    if needed > MAX_ROW_FLOATS:
+        width = int(widths[row])
+        raise ValueError(
+            f"Row {row} has {width} active features, i.e. {width * (width - 1) // 2} "
+            f"feature pairs; attention over them needs {4 * needed / 2**30:.1f} GiB "
+            f"per intermediate tensor, above skafm's limit of "
+            f"{4 * MAX_ROW_FLOATS / 2**30:.2f} GiB per row. Use fewer active features "
+            "per row, smaller n_factors and attention_size, or attention=False (a "
+            "factorization machine, whose cost grows linearly with the row's width)."
+        )
+
+
+def bounded_parts(rows, widths, floats_per_pair, budget=None):
+    """Cut a batch into parts whose per-pair tensors hold at most ``budget`` floats.
+
+    Returns ``[rows]`` when the whole batch fits, which is the usual case.
+    """
+    budget = TRAIN_FLOAT_BUDGET if budget is None else budget
+    row_widths_ = widths[rows]
+    widest = int(row_widths_.max(initial=0))
+    if len(rows) * int(pair_floats(widest, floats_per_pair)) <= budget:
+        return [rows]
+    rows = rows[np.argsort(row_widths_, kind="stable")]
+    cost = pair_floats(widths[rows], max(floats_per_pair, 1))
+    parts, start = [], 0
+    while start < len(rows):
+        stops = np.arange(start + 1, len(rows) + 1)
+        # sorted by width, so a part's widest row is its last
+        fits = (stops - start) * cost[stops - 1] <= budget
+        stop = int(stops[fits][-1]) if fits.any() else start + 1
+        parts.append(rows[start:stop])
+        start = stop
+    return parts
+
+
 def predict_batches(widths, floats_per_pair=1):
     """Split rows into chunks of equal width whose pair tensors stay bounded.
 
@@ -371,10 +435,12 @@ def predict_batches(widths, floats_per_pair=1):
 def predict_raw(module, X_csr):
     """Raw network outputs for every row, as float64 of shape (n_samples, n_outputs)."""
     device = module.bias.device
+    widths = row_widths(X_csr)
+    check_row_widths(widths, module.floats_per_pair if module.attention else 0)
     out = np.empty((X_csr.shape[0], module.bias.shape[0]), dtype=np.float64)
     module.eval()
     with torch.inference_mode():
-        for rows in predict_batches(row_widths(X_csr), module.floats_per_pair):
+        for rows in predict_batches(widths, module.floats_per_pair):
             batch = pad_rows(X_csr, rows).to(device)
             output = module(batch.index, batch.value, batch.mask)
             out[rows] = output.cpu().numpy()

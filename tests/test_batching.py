@@ -108,3 +108,18 @@ def test_training_batches_bucket_rows_of_similar_width():
     # batches are still served in random order, not sorted by width
     maxima = [widths[b].max() for b in batches]
     assert maxima != sorted(maxima)
+
+
+def test_bounded_parts_keep_every_row_and_respect_the_budget():
+    from skafm._training import bounded_parts, pair_floats
+
+    rng = np.random.RandomState(0)
+    widths = rng.randint(0, 120, size=300)
+    rows = rng.permutation(300)[:128]
+    assert len(bounded_parts(rows, widths, 8, budget=10**9)) == 1
+    parts = bounded_parts(rows, widths, 8, budget=200_000)
+    assert len(parts) > 1
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.sort(rows))
+    for part in parts:
+        cost = len(part) * pair_floats(widths[part].max(), 8)
+        assert len(part) == 1 or cost <= 200_000

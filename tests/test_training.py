@@ -296,3 +296,38 @@ def test_diverging_learning_rate_is_a_clear_error_and_keeps_the_old_model(split)
         assert parameter.isfinite().all()
     with pytest.raises(ValueError, match="training diverged"):
         AFMRegressor(**FAST, learning_rate_init=1e10).fit(X_train, y_train)
+
+
+def wide_rows(n_rows=60, n_features=400, seed=0):
+    rng = np.random.RandomState(seed)
+    widths = rng.randint(2, 120, size=n_rows)
+    rows = np.repeat(np.arange(n_rows), widths)
+    cols = np.concatenate([rng.choice(n_features, w, replace=False) for w in widths])
+    X = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_rows, n_features))
+    return X, rng.normal(size=n_rows)
+
+
+def test_batches_split_for_memory_take_the_same_steps(monkeypatch):
+    X, y = wide_rows()
+    params = {**FAST, "batch_size": 32, "max_iter": 3}
+    whole = AFMRegressor(**params).fit(X, y)
+    # a budget far below one batch's pair tensors forces many parts per batch
+    monkeypatch.setattr(skafm._training, "TRAIN_FLOAT_BUDGET", 20_000)
+    split = AFMRegressor(**params).fit(X, y)
+    np.testing.assert_allclose(split.loss_curve_, whole.loss_curve_, rtol=1e-4)
+    np.testing.assert_allclose(split.predict(X), whole.predict(X), rtol=1e-3, atol=1e-5)
+
+
+def test_a_row_too_wide_for_memory_is_a_clear_error(monkeypatch):
+    X, y = wide_rows()
+    monkeypatch.setattr(skafm._training, "MAX_ROW_FLOATS", 50_000)
+    with pytest.raises(ValueError, match="active features.*attention=False"):
+        AFMRegressor(**FAST).fit(X, y)
+    # a factorization machine never builds per-pair tensors
+    fm = AFMRegressor(**FAST, attention=False).fit(X, y)
+    assert np.isfinite(fm.predict(X)).all()
+    monkeypatch.setattr(skafm._training, "MAX_ROW_FLOATS", 1 << 26)
+    model = AFMRegressor(**FAST).fit(X, y)
+    monkeypatch.setattr(skafm._training, "MAX_ROW_FLOATS", 50_000)
+    with pytest.raises(ValueError, match="limit of"):
+        model.predict(X)
