@@ -17,9 +17,6 @@ import torch.nn.functional as F
 from ._batching import iter_row_batches, pad_rows, row_widths
 from ._progress import progress_bar
 
-LOSSES = ("squared_error", "log_loss", "multinomial_log_loss")
-OPTIMIZERS = ("adam", "adagrad")
-
 # Floats in one (rows, pairs, max(n_factors, attention_size)) intermediate at
 # predict time: 4 MB keeps each pass over it in cache, measured 3x faster on
 # Frappe than chunks 32 times larger.
