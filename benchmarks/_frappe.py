@@ -62,3 +62,21 @@ def field_indices(X, starts):
     """(n_rows, n_fields) array of each row's category index within each field."""
     columns = np.sort(X.indices.reshape(X.shape[0], -1), axis=1)
     return (columns - starts).astype(np.int64)
+
+
+def deepctr_features(X_train, X_test, embedding_dim):
+    """DeepCTR-Torch feature columns, and a function from X to its input dict."""
+    from deepctr_torch.inputs import SparseFeat
+
+    starts, sizes = field_offsets(X_train, X_test)
+    names = [f"field{f}" for f in range(len(starts))]
+    columns = [
+        SparseFeat(name, int(size), embedding_dim=embedding_dim)
+        for name, size in zip(names, sizes, strict=True)
+    ]
+
+    def as_inputs(X):
+        fields = field_indices(X, starts)
+        return {name: fields[:, f] for f, name in enumerate(names)}
+
+    return columns, as_inputs

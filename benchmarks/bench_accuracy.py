@@ -33,7 +33,12 @@ from sklearn.metrics import log_loss, roc_auc_score, root_mean_squared_error
 from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _frappe import field_indices, field_offsets, load_frappe  # noqa: E402
+from _frappe import (  # noqa: E402
+    deepctr_features,
+    field_indices,
+    field_offsets,
+    load_frappe,
+)
 
 SYSTEMS = (
     "skafm-default",
@@ -137,21 +142,11 @@ def best_epoch(train_one_epoch, predict_val, y_val, task, state, load_state):
 
 def run_deepctr(task, data):
     import torch
-    from deepctr_torch.inputs import SparseFeat
     from deepctr_torch.models import AFM
 
     X_fit, y_fit, X_val, y_val = data["split"]
     X_test = data["full"][2]
-    starts, sizes = field_offsets(data["full"][0], X_test)
-    names = [f"field{f}" for f in range(len(starts))]
-    columns = [
-        SparseFeat(n, int(s), embedding_dim=64)
-        for n, s in zip(names, sizes, strict=True)
-    ]
-
-    def inputs(X):
-        fields = field_indices(X, starts)
-        return {name: fields[:, f] for f, name in enumerate(names)}
+    columns, inputs = deepctr_features(data["full"][0], X_test, embedding_dim=64)
 
     torch.manual_seed(0)
     model = AFM(

@@ -106,21 +106,11 @@ def run_skafm(args, data):
 
 def run_deepctr(args, data):
     import torch
-    from _frappe import field_indices, field_offsets
-    from deepctr_torch.inputs import SparseFeat
+    from _frappe import deepctr_features
     from deepctr_torch.models import AFM
 
     X_train, y_train, X_test, y_test = data
-    starts, sizes = field_offsets(X_train, X_test)
-    names = [f"field{f}" for f in range(N_FIELDS)]
-    columns = [
-        SparseFeat(name, int(size), embedding_dim=args.n_factors)
-        for name, size in zip(names, sizes, strict=True)
-    ]
-
-    def as_inputs(X):
-        fields = field_indices(X, starts)
-        return {name: fields[:, f] for f, name in enumerate(names)}
+    columns, as_inputs = deepctr_features(X_train, X_test, args.n_factors)
 
     torch.manual_seed(0)
     model = AFM(
