@@ -5,7 +5,7 @@ from scipy.special import expit, log_expit, log_softmax, softmax
 from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.utils.multiclass import check_classification_targets
 
-from ._base import BaseAFM, unchanged_on_failure
+from ._base import BaseAFM
 
 _PARAMETERS_TEMPLATE = """
     n_factors : int, default=64
@@ -99,6 +99,16 @@ _PARAMETERS_TEMPLATE = """
         when one is available. Fitted models are always pickled with their
         weights on the CPU, so they load on machines without a GPU.
 
+    n_threads : int or None, default=None
+        At most this many CPU threads for torch inside this estimator's
+        methods, set for the calling thread only and never through torch's
+        process-wide ``torch.set_num_threads``. None keeps the limits already
+        in force: those joblib sets in its worker processes (so
+        ``GridSearchCV(n_jobs=...)`` does not oversubscribe the CPU), an
+        enclosing :func:`threadpoolctl.threadpool_limits`, or torch's own
+        setting. Set it when running several fits in threads, e.g. with
+        joblib's "threading" backend.
+
     verbose : int, default=0
         Print the training loss and time of each epoch when positive.
 """
@@ -183,6 +193,7 @@ _DEFAULTS = dict(
     warm_start=False,
     random_state=None,
     device="cpu",
+    n_threads=None,
     verbose=0,
 )
 
@@ -250,6 +261,7 @@ class AFMRegressor(RegressorMixin, BaseAFM):
         warm_start=_DEFAULTS["warm_start"],
         random_state=_DEFAULTS["random_state"],
         device=_DEFAULTS["device"],
+        n_threads=_DEFAULTS["n_threads"],
         verbose=_DEFAULTS["verbose"],
     ):
         super().__init__(
@@ -273,6 +285,7 @@ class AFMRegressor(RegressorMixin, BaseAFM):
             warm_start=warm_start,
             random_state=random_state,
             device=device,
+            n_threads=n_threads,
             verbose=verbose,
         )
 
@@ -319,8 +332,7 @@ class AFMRegressor(RegressorMixin, BaseAFM):
             Fitted estimator.
         """
         validation = _validation_triplet(X_val, y_val, sample_weight_val)
-        with unchanged_on_failure(self):
-            return self._fit(X, y, sample_weight, validation=validation)
+        return self._fit(X, y, sample_weight, validation=validation)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, sample_weight=None):
@@ -346,8 +358,7 @@ class AFMRegressor(RegressorMixin, BaseAFM):
         self : object
             Fitted estimator.
         """
-        with unchanged_on_failure(self):
-            return self._fit(X, y, sample_weight, incremental=True)
+        return self._fit(X, y, sample_weight, incremental=True)
 
     def _init_target_encoding(self, y, sample_weight, classes=None):
         y = np.asarray(y, dtype=np.float64)
@@ -457,6 +468,7 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
         warm_start=_DEFAULTS["warm_start"],
         random_state=_DEFAULTS["random_state"],
         device=_DEFAULTS["device"],
+        n_threads=_DEFAULTS["n_threads"],
         verbose=_DEFAULTS["verbose"],
     ):
         super().__init__(
@@ -480,6 +492,7 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
             warm_start=warm_start,
             random_state=random_state,
             device=device,
+            n_threads=n_threads,
             verbose=verbose,
         )
 
@@ -526,8 +539,7 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
             Fitted estimator.
         """
         validation = _validation_triplet(X_val, y_val, sample_weight_val)
-        with unchanged_on_failure(self):
-            return self._fit(X, y, sample_weight, validation=validation)
+        return self._fit(X, y, sample_weight, validation=validation)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, classes=None, sample_weight=None):
@@ -563,8 +575,7 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
                     f"classes={np.unique(classes)!r} is not the same as on the first "
                     f"call to partial_fit, {self.classes_!r}."
                 )
-        with unchanged_on_failure(self):
-            return self._fit(X, y, sample_weight, incremental=True, classes=classes)
+        return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
     def _init_target_encoding(self, y, sample_weight, classes=None):
         check_classification_targets(y)

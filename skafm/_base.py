@@ -24,6 +24,7 @@ from sklearn.utils.validation import (
 from ._batching import as_active_features
 from ._device import resolve_device
 from ._network import AttentionalFactorizationMachine
+from ._threads import thread_limit
 from ._training import (
     OptimizationConfig,
     StoppingRule,
@@ -96,6 +97,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         "warm_start": ["boolean"],
         "random_state": ["random_state"],
         "device": [StrOptions({"cpu", "cuda", "auto"})],
+        "n_threads": [Interval(Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
     }
 
@@ -123,6 +125,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         warm_start,
         random_state,
         device,
+        n_threads,
         verbose,
     ):
         self.n_factors = n_factors
@@ -145,6 +148,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         self.warm_start = warm_start
         self.random_state = random_state
         self.device = device
+        self.n_threads = n_threads
         self.verbose = verbose
 
     # -- target encoding, provided by the regressor and the classifier --------
@@ -207,7 +211,11 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
 
     # -- fitting ---------------------------------------------------------------
 
-    def _fit(
+    def _fit(self, X, y, sample_weight, **kwargs):
+        with unchanged_on_failure(self), thread_limit(self.n_threads):
+            return self._fit_unguarded(X, y, sample_weight, **kwargs)
+
+    def _fit_unguarded(
         self, X, y, sample_weight, *, validation=None, incremental=False, classes=None
     ):
         continuing = (self.warm_start or incremental) and hasattr(self, "_trainer")
@@ -274,7 +282,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
                 f"Maximum iterations ({self.max_iter}) reached and the "
                 "optimization hasn't converged yet.",
                 ConvergenceWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         return self
 
@@ -365,12 +373,18 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             return lambda: -scale * trainer.mean_loss(data)
 
         scorer = check_scoring(self, scoring=self.scoring)
+        # a user's scorer(estimator, X, y) need not take sample_weight
+        weights = (
+            {}
+            if np.all(sample_weight_val == 1)
+            else {"sample_weight": sample_weight_val}
+        )
 
         def score():
             # a shallow copy that predicts with the network being trained
             view = copy.copy(self)
             view.module_ = trainer.module
-            return scorer(view, X_val, y_val, sample_weight=sample_weight_val)
+            return scorer(view, X_val, y_val, **weights)
 
         return score
 
@@ -433,7 +447,8 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         """Validated X -> network outputs, float64 of shape (n_samples, n_outputs)."""
         check_is_fitted(self)
         X = self._validate_data(X, reset=False)
-        return predict_raw(self.module_, as_active_features(X))
+        with thread_limit(self.n_threads):
+            return predict_raw(self.module_, as_active_features(X))
 
     # -- persistence and tags --------------------------------------------------
 

@@ -304,7 +304,7 @@ def fit_epochs(
                 f"Training interrupted by the user during epoch {epoch}; the model "
                 "keeps the best weights found so far.",
                 UserWarning,
-                stacklevel=5,
+                stacklevel=6,
             )
             break
         loss = trainer.mean_objective(epoch_sum, data.n_samples)

@@ -121,8 +121,10 @@ def test_other_scorings_drive_early_stopping(split, scoring):
 
 def test_convergence_warning_only_when_max_iter_ends_training(split):
     X_train, _, y_train, _ = split
-    with pytest.warns(ConvergenceWarning):
+    with pytest.warns(ConvergenceWarning) as record:
         AFMRegressor(**{**FAST, "max_iter": 2}).fit(X_train, y_train)
+    # the warning points at the caller's line, not at skafm's or sklearn's code
+    assert record[0].filename == __file__
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         AFMRegressor(**{**FAST, "max_iter": 500}, tol=10.0).fit(X_train, y_train)
@@ -271,8 +273,11 @@ def test_interrupt_leaves_a_fitted_picklable_model(split, monkeypatch):
     batches_per_epoch = int(np.ceil(X_train.shape[0] / FAST["batch_size"]))
     interrupt_after(monkeypatch, 3 * batches_per_epoch + 2)
     model = AFMRegressor(**{**FAST, "max_iter": 50}, early_stopping=True)
-    with pytest.warns(UserWarning, match="interrupted by the user during epoch 4"):
+    with pytest.warns(
+        UserWarning, match="interrupted by the user during epoch 4"
+    ) as record:
         model.fit(X_train, y_train, X_val=X_val, y_val=y_val)
+    assert record[0].filename == __file__
     assert model.n_iter_ == 3
     restored = pickle.loads(pickle.dumps(model))
     prediction = restored.predict(X_val)

@@ -9,6 +9,7 @@ from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
 from .._batching import as_active_features, pad_rows, row_widths
+from .._threads import thread_limit
 from .._training import predict_batches
 from ._groups import feature_names_of, field_groups, split_pipeline
 
@@ -27,7 +28,7 @@ def iter_additive_parts(model, X):
     module = model.module_
     scale, _ = model._output_units()
     module.eval()
-    with torch.inference_mode():
+    with thread_limit(model.n_threads), torch.inference_mode():
         for rows in predict_batches(row_widths(X_csr), module.floats_per_pair):
             batch = pad_rows(X_csr, rows).to(module.bias.device)
             linear, weights, contributions, left, right = module.additive_parts(
