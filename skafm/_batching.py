@@ -68,7 +68,21 @@ def as_active_features(X):
         X_csr = X_csr.copy()
         X_csr.sum_duplicates()
         X_csr.eliminate_zeros()
+    check_float32_range(X_csr.data)
     return X_csr
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32_range(values):
+    """Refuse values that the float32 network would turn into infinity."""
+    if values.size and not np.all(np.abs(values) <= FLOAT32_MAX):
+        raise ValueError(
+            "Input X contains values too large for float32 (the network's "
+            f"precision; largest magnitude allowed {FLOAT32_MAX:.3g}, after summing "
+            "duplicate entries). Scale the features, e.g. with MaxAbsScaler."
+        )
 
 
 def row_widths(X_csr):

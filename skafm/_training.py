@@ -311,7 +311,8 @@ def fit_epochs(
         if not np.isfinite(loss):
             raise TrainingDivergedError(
                 f"The training loss became {loss} at epoch {epoch}: training "
-                "diverged. Lower learning_rate_init or raise alpha."
+                "diverged. Lower learning_rate_init, raise alpha, or scale "
+                "features with large values (e.g. with MaxAbsScaler)."
             )
         history.loss_curve.append(loss)
         history.samples_seen += data.n_samples
@@ -441,4 +442,10 @@ def predict_raw(module, X_csr):
             batch = pad_rows(X_csr, rows).to(device)
             output = module(batch.index, batch.value, batch.mask)
             out[rows] = output.cpu().numpy()
+    if not np.all(np.isfinite(out)):
+        raise ValueError(
+            "The model's output overflowed float32 for some samples, whose "
+            "feature values are too large: products of pairs of values scale "
+            "the interactions. Scale the features, e.g. with MaxAbsScaler."
+        )
     return out
