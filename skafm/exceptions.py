@@ -6,12 +6,14 @@ from ._training import TrainingDivergedError
 class InconsistentVersionWarning(UserWarning):
     """A model is unpickled under another skafm version than it was saved with.
 
-    Attributes
+    Parameters
     ----------
     original_versions : dict
-        The skafm, torch and scikit-learn versions the model was pickled with.
+        The skafm, torch and scikit-learn versions the model was pickled with;
+        kept as an attribute of the same name.
+
     current_versions : dict
-        The versions running now.
+        The versions running now; kept as an attribute of the same name.
     """
 
     def __init__(self, *, original_versions, current_versions):

@@ -136,17 +136,27 @@ def explain(estimator, X, *, feature_names=None, as_frame="auto"):
 class InteractionImportance:
     """Mean absolute contribution of feature pairs and field pairs to the outputs.
 
-    Attributes
+    Returned by :func:`interaction_importance`; each parameter is kept as an
+    attribute of the same name.
+
+    Parameters
     ----------
     feature_importance : scipy.sparse.csr_matrix of shape (n_features, n_features)
         Symmetric; entry (a, b) is the mean over samples of the absolute
         contribution of the pair of features a and b (0 when absent),
         summed over outputs for a multiclass model.
-    feature_names : ndarray of str
+
+    feature_names : ndarray of str of shape (n_features,)
+        Names of the model's input columns.
+
     field_importance : ndarray of shape (n_fields, n_fields)
         The same, summed over the feature pairs of each pair of fields.
-    field_names : ndarray of str
-    field_of_feature : ndarray of int
+
+    field_names : ndarray of str of shape (n_fields,)
+        Names of the fields.
+
+    field_of_feature : ndarray of int of shape (n_features,)
+        The field of each feature.
     """
 
     feature_importance: sp.csr_matrix
@@ -156,11 +166,33 @@ class InteractionImportance:
     field_of_feature: np.ndarray
 
     def top_field_pairs(self, n=10):
-        """The ``n`` most important field pairs as (field a, field b, importance)."""
+        """The ``n`` most important field pairs, most important first.
+
+        Parameters
+        ----------
+        n : int, default=10
+            Number of pairs.
+
+        Returns
+        -------
+        pairs : list of tuple
+            ``(field a, field b, importance)`` for each pair.
+        """
         return _top_pairs(self.field_importance, self.field_names, n)
 
     def top_feature_pairs(self, n=10):
-        """The ``n`` most important feature pairs as (feature a, feature b, value)."""
+        """The ``n`` most important feature pairs, most important first.
+
+        Parameters
+        ----------
+        n : int, default=10
+            Number of pairs.
+
+        Returns
+        -------
+        pairs : list of tuple
+            ``(feature a, feature b, importance)`` for each pair.
+        """
         upper = sp.triu(self.feature_importance).tocoo()
         order = np.argsort(-upper.data, kind="stable")[:n]
         return [
