@@ -94,6 +94,16 @@ _PARAMETERS_TEMPLATE = """
         reproducible results across calls; torch's global random state is
         never used or changed.
 
+    init : {"random", "fm"}, default="random"
+        How :meth:`fit` initializes the network. "random": small random
+        embeddings. "fm": first fit a plain factorization machine with the
+        same settings (and the same early stopping), then start the AFM from
+        its bias, linear weights and embeddings, with uniform attention and
+        the projection scaled so that a row with the mean number of pairs
+        starts at the FM's output: the paper's pre-training. It about doubles
+        the fitting time. Ignored when ``attention=False``, by warm starts and
+        by :meth:`partial_fit`.
+
     device : {"cpu", "cuda", "auto"}, default="cpu"
         Where the network is trained and evaluated. "auto" uses a CUDA GPU
         when one is available. Fitted models are always pickled with their
@@ -192,6 +202,7 @@ _DEFAULTS = dict(
     shuffle=True,
     warm_start=False,
     random_state=None,
+    init="random",
     device="cpu",
     n_threads=None,
     verbose=0,
@@ -260,6 +271,7 @@ class AFMRegressor(RegressorMixin, BaseAFM):
         shuffle=_DEFAULTS["shuffle"],
         warm_start=_DEFAULTS["warm_start"],
         random_state=_DEFAULTS["random_state"],
+        init=_DEFAULTS["init"],
         device=_DEFAULTS["device"],
         n_threads=_DEFAULTS["n_threads"],
         verbose=_DEFAULTS["verbose"],
@@ -284,6 +296,7 @@ class AFMRegressor(RegressorMixin, BaseAFM):
             shuffle=shuffle,
             warm_start=warm_start,
             random_state=random_state,
+            init=init,
             device=device,
             n_threads=n_threads,
             verbose=verbose,
@@ -467,6 +480,7 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
         shuffle=_DEFAULTS["shuffle"],
         warm_start=_DEFAULTS["warm_start"],
         random_state=_DEFAULTS["random_state"],
+        init=_DEFAULTS["init"],
         device=_DEFAULTS["device"],
         n_threads=_DEFAULTS["n_threads"],
         verbose=_DEFAULTS["verbose"],
@@ -491,6 +505,7 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
             shuffle=shuffle,
             warm_start=warm_start,
             random_state=random_state,
+            init=init,
             device=device,
             n_threads=n_threads,
             verbose=verbose,

@@ -21,7 +21,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ._batching import as_active_features
+from ._batching import as_active_features, mean_pair_count
 from ._device import resolve_device
 from ._network import AttentionalFactorizationMachine
 from ._threads import thread_limit
@@ -96,6 +96,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         "shuffle": ["boolean"],
         "warm_start": ["boolean"],
         "random_state": ["random_state"],
+        "init": [StrOptions({"random", "fm"})],
         "device": [StrOptions({"cpu", "cuda", "auto"})],
         "n_threads": [Interval(Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
@@ -124,6 +125,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         shuffle,
         warm_start,
         random_state,
+        init,
         device,
         n_threads,
         verbose,
@@ -147,6 +149,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         self.shuffle = shuffle
         self.warm_start = warm_start
         self.random_state = random_state
+        self.init = init
         self.device = device
         self.n_threads = n_threads
         self.verbose = verbose
@@ -250,27 +253,38 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             validation = self._validate_validation_set(*validation)
 
         config = self._optimization_config(loss if not continuing else self._loss)
+        data = TrainingData.build(
+            as_active_features(X), self._encode_target(y), sample_weight, device
+        )
+        rule = StoppingRule(
+            max_iter=1 if incremental else self.max_iter,
+            tol=self.tol,
+            n_iter_no_change=self.n_iter_no_change,
+            early_stopping=early_stopping,
+        )
         if continuing:
             trainer = self._trainer.continued(config, device)
             trainer.module.set_dropout(self.dropout, self.attention_dropout)
         else:
             module = self._build_module(X.shape[1], n_outputs, initial_bias, rng)
+            if self.init == "fm" and self.attention and not incremental:
+                fm = self._build_module(
+                    X.shape[1], n_outputs, initial_bias, rng, attention=False
+                )
+                fm = self._pretrain(
+                    Trainer(fm.to(device), config), data, rng, rule, validation
+                )
+                module.start_from_factorization_machine(
+                    fm, mean_pair_count(data.widths)
+                )
             trainer = Trainer(module.to(device), config)
 
-        data = TrainingData.build(
-            as_active_features(X), self._encode_target(y), sample_weight, device
-        )
         score = self._validation_scorer(trainer, validation) if early_stopping else None
         history = fit_epochs(
             trainer,
             data,
             rng,
-            StoppingRule(
-                max_iter=1 if incremental else self.max_iter,
-                tol=self.tol,
-                n_iter_no_change=self.n_iter_no_change,
-                early_stopping=early_stopping,
-            ),
+            rule,
             validation_score=score,
             verbose=self.verbose,
             first_epoch=self.n_iter_ + 1 if continuing else 1,
@@ -285,6 +299,18 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
                 stacklevel=5,
             )
         return self
+
+    def _pretrain(self, trainer, data, rng, rule, validation):
+        """Train the plain FM that ``init="fm"`` starts from; return its network."""
+        score = (
+            self._validation_scorer(trainer, validation)
+            if rule.early_stopping
+            else None
+        )
+        fit_epochs(
+            trainer, data, rng, rule, validation_score=score, verbose=self.verbose
+        )
+        return trainer.module
 
     def _record(self, trainer, history, continuing, early_stopping, loss):
         """Set the fitted attributes from a finished training call."""
@@ -401,7 +427,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
                 f"with {fitted}, now {wanted}. Set warm_start=False to refit."
             )
 
-    def _build_module(self, n_features, n_outputs, initial_bias, rng):
+    def _build_module(self, n_features, n_outputs, initial_bias, rng, attention=None):
         generator = torch.Generator()
         generator.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
         module = AttentionalFactorizationMachine(
@@ -409,7 +435,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             n_outputs,
             self.n_factors,
             self.attention_size,
-            attention=self.attention,
+            attention=self.attention if attention is None else attention,
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
             generator=generator,

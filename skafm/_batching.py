@@ -90,6 +90,13 @@ def row_widths(X_csr):
     return np.diff(X_csr.indptr)
 
 
+def mean_pair_count(widths):
+    """Mean number of feature pairs per row, over rows that have any."""
+    pairs = widths * (widths - 1) / 2
+    with_pairs = pairs[pairs > 0]
+    return float(with_pairs.mean()) if with_pairs.size else 0.0
+
+
 def pad_rows(X_csr, rows):
     """Gather the given rows of a CSR matrix into one padded batch.
 

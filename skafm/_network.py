@@ -77,6 +77,23 @@ class AttentionalFactorizationMachine(nn.Module):
             nn.init.xavier_normal_(self.attention_weight, generator=generator)
             nn.init.xavier_normal_(self.attention_query, generator=generator)
 
+    @torch.no_grad()
+    def start_from_factorization_machine(self, fm, mean_pairs):
+        """Continue from a fitted plain FM (the paper's pre-training).
+
+        Bias, linear weights and embeddings are copied. The attention query
+        starts at zero, so every pair of a row gets the same weight 1/P, and
+        the projection is scaled by the mean number of pairs per row: a row
+        with that many pairs starts with exactly the FM's output.
+        """
+        if not self.attention or fm.attention:
+            raise ValueError("expects an attention model and a plain FM")
+        self.bias.copy_(fm.bias)
+        self.linear.copy_(fm.linear)
+        self.embedding.copy_(fm.embedding)
+        self.projection.copy_(fm.projection * max(mean_pairs, 1.0))
+        self.attention_query.zero_()
+
     @property
     def floats_per_pair(self):
         """Length of the longest vector computed for each pair of features."""

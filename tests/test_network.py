@@ -184,3 +184,28 @@ def test_attention_pooling_backward_matches_numerical_gradients(with_dropout):
         )
 
     assert torch.autograd.gradcheck(pooled, (scaled, W, b, query))
+
+
+def test_afm_started_from_an_fm_reproduces_it_on_rows_of_the_mean_width():
+    fm = make_module(attention=False, seed=1)
+    afm = make_module(attention=True, seed=2)
+    rng = np.random.RandomState(0)
+    width = 5  # every row: 10 pairs
+    X = sp.csr_matrix(
+        (
+            rng.uniform(0.5, 2, size=4 * width),
+            np.concatenate([rng.choice(12, width, replace=False) for _ in range(4)]),
+            np.arange(0, 4 * width + 1, width),
+        ),
+        shape=(4, 12),
+    )
+    batch = pad_rows(as_active_features(X), np.arange(4))
+    afm.start_from_factorization_machine(fm, mean_pairs=10.0)
+    with torch.no_grad():
+        expected = fm(batch.index, batch.value, batch.mask)
+        started = afm(batch.index, batch.value, batch.mask)
+    torch.testing.assert_close(started, expected, rtol=1e-5, atol=1e-5)
+    # the attention network still learns: its query gets a gradient
+    afm.train()
+    afm(batch.index, batch.value, batch.mask).sum().backward()
+    assert afm.attention_query.grad.abs().sum() > 0

@@ -336,3 +336,23 @@ def test_a_row_too_wide_for_memory_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(skafm._training, "MAX_ROW_FLOATS", 50_000)
     with pytest.raises(ValueError, match="limit of"):
         model.predict(X)
+
+
+def test_init_fm_starts_the_afm_where_a_plain_fm_ended(split):
+    X_train, _, y_train, _ = split
+    params = {**FAST, "max_iter": 10, "dropout": 0.0, "early_stopping": False}
+    fm = AFMRegressor(**params, attention=False).fit(X_train, y_train)
+    pretrained = AFMRegressor(**params, init="fm").fit(X_train, y_train)
+    scratch = AFMRegressor(**params).fit(X_train, y_train)
+    # the first AFM epoch continues from the FM's loss instead of starting over
+    assert pretrained.loss_curve_[0] < 3 * fm.loss_curve_[-1]
+    assert pretrained.loss_curve_[0] < 0.2 * scratch.loss_curve_[0]
+    assert pretrained.n_iter_ == 10
+
+
+def test_init_fm_is_ignored_without_attention(split):
+    X_train, X_val, y_train, _ = split
+    params = {**FAST, "max_iter": 3, "attention": False}
+    a = AFMRegressor(**params, init="fm").fit(X_train, y_train)
+    b = AFMRegressor(**params).fit(X_train, y_train)
+    np.testing.assert_array_equal(a.predict(X_val), b.predict(X_val))
