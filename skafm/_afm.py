@@ -100,8 +100,10 @@ _PARAMETERS_TEMPLATE = """
         same settings (and the same early stopping), then start the AFM from
         its bias, linear weights and embeddings, with uniform attention and
         the projection scaled so that a row with the mean number of pairs
-        starts at the FM's output: the paper's pre-training. It about doubles
-        the fitting time. Ignored when ``attention=False``, by warm starts and
+        starts at the FM's output: the paper's pre-training. With early
+        stopping the FM's weights are a candidate too, kept when no AFM epoch
+        scores better on the validation data. It about doubles the fitting
+        time. Ignored when ``attention=False``, by warm starts and
         by :meth:`partial_fit`.
 
     device : {"cpu", "cuda", "auto"}, default="cpu"

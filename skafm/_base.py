@@ -262,6 +262,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             n_iter_no_change=self.n_iter_no_change,
             early_stopping=early_stopping,
         )
+        pretrained = False
         if continuing:
             trainer = self._trainer.continued(config, device)
             trainer.module.set_dropout(self.dropout, self.attention_dropout)
@@ -277,6 +278,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
                 module.start_from_factorization_machine(
                     fm, mean_pair_count(data.widths)
                 )
+                pretrained = True
             trainer = Trainer(module.to(device), config)
 
         score = self._validation_scorer(trainer, validation) if early_stopping else None
@@ -288,6 +290,8 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             validation_score=score,
             verbose=self.verbose,
             first_epoch=self.n_iter_ + 1 if continuing else 1,
+            # the FM it starts from is a candidate: never end worse than it
+            keep_start_if_best=pretrained,
         )
         self._record(trainer, history, continuing, early_stopping, config.loss)
         self._rng = rng
@@ -328,9 +332,10 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         self.t_ = (self.t_ if continuing else 0) + history.samples_seen
         if early_stopping:
             self.validation_scores_ = previous_scores + history.validation_scores
-            self.best_validation_score_ = (
-                max(self.validation_scores_) if self.validation_scores_ else None
-            )
+            candidates = list(self.validation_scores_)
+            if history.initial_score is not None:
+                candidates.append(history.initial_score)
+            self.best_validation_score_ = max(candidates) if candidates else None
             self.best_loss_ = None
         else:
             self.validation_scores_ = None

@@ -99,6 +99,8 @@ class EpochHistory:
     converged: bool = False
     interrupted: bool = False
     best_epoch: int = -1
+    # validation score of the starting weights, when they were candidates
+    initial_score: float | None = None
 
 
 def per_sample_loss(loss, output, target):
@@ -260,7 +262,15 @@ class Trainer:
 
 
 def fit_epochs(
-    trainer, data, rng, rule, *, validation_score=None, verbose=0, first_epoch=1
+    trainer,
+    data,
+    rng,
+    rule,
+    *,
+    validation_score=None,
+    verbose=0,
+    first_epoch=1,
+    keep_start_if_best=False,
 ):
     """Train for up to ``rule.max_iter`` epochs.
 
@@ -279,6 +289,9 @@ def fit_epochs(
     first_epoch : int
         Number shown for the first epoch of this call (warm starts go on
         counting).
+    keep_start_if_best : bool
+        With early stopping, score the starting weights too and keep them if
+        no epoch beats them (for a network that starts from a fitted model).
 
     Returns
     -------
@@ -292,6 +305,11 @@ def fit_epochs(
     generator.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
     history = EpochHistory()
     best_score, best_weights, no_improvement = -np.inf, None, 0
+    if keep_start_if_best and rule.early_stopping:
+        best_score = history.initial_score = validation_score()
+        best_weights = trainer.weights()
+        if verbose:
+            print(f"Starting weights, validation score = {best_score:.6f}")
 
     for epoch in range(first_epoch, first_epoch + rule.max_iter):
         start = time.perf_counter()

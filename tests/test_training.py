@@ -12,6 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import mean_squared_error, r2_score
 from sklearn.model_selection import train_test_split
 
+import skafm._base
 import skafm._training
 from skafm import AFMClassifier, AFMRegressor
 from skafm._training import TrainingDivergedError
@@ -356,3 +357,32 @@ def test_init_fm_is_ignored_without_attention(split):
     a = AFMRegressor(**params, init="fm").fit(X_train, y_train)
     b = AFMRegressor(**params).fit(X_train, y_train)
     np.testing.assert_array_equal(a.predict(X_val), b.predict(X_val))
+
+
+def test_init_fm_keeps_the_fm_when_no_afm_epoch_beats_it(split, monkeypatch):
+    X_train, X_val, y_train, y_val = split
+    real_fit_epochs = skafm._training.fit_epochs
+    calls = []
+
+    def worsening_afm_phase(trainer, *args, validation_score=None, **kwargs):
+        if not trainer.module.attention or validation_score is None:
+            return real_fit_epochs(
+                trainer, *args, validation_score=validation_score, **kwargs
+            )
+        # every AFM epoch scores worse than the weights it started from
+        scores = iter([0.0] + [-1.0 - epoch for epoch in range(100)])
+        start = {k: v.clone() for k, v in trainer.module.state_dict().items()}
+        history = real_fit_epochs(
+            trainer, *args, validation_score=lambda: next(scores), **kwargs
+        )
+        calls.append((start, trainer.module.state_dict()))
+        return history
+
+    monkeypatch.setattr(skafm._base, "fit_epochs", worsening_afm_phase)
+    model = AFMRegressor(**{**FAST, "max_iter": 20}, init="fm", n_iter_no_change=3)
+    model.fit(X_train, y_train, X_val=X_val, y_val=y_val)
+    ((start, end),) = calls
+    for name, value in start.items():
+        np.testing.assert_array_equal(end[name].numpy(), value.numpy(), err_msg=name)
+    assert model.best_validation_score_ == 0.0
+    assert model.n_iter_ == 3
