@@ -13,10 +13,11 @@ import skafm
 import skafm.datasets
 import skafm.exceptions
 import skafm.inspection
+import skafm.io
 
 docscrape = pytest.importorskip("numpydoc.docscrape")
 
-PUBLIC_MODULES = [skafm, skafm.datasets, skafm.exceptions, skafm.inspection]
+PUBLIC_MODULES = [skafm, skafm.datasets, skafm.exceptions, skafm.inspection, skafm.io]
 
 
 def public_objects():

@@ -1,0 +1,223 @@
+"""A fitted estimator as tensors and plain values, loadable without unpickling code."""
+
+import dataclasses
+import os
+import pickle
+
+import numpy as np
+import torch
+
+from .._afm import AFMClassifier, AFMRegressor
+from .._base import current_versions
+from .._network import AttentionalFactorizationMachine
+from .._training import OptimizationConfig, Trainer
+
+FORMAT = "skafm.io"
+FORMAT_VERSION = 1
+ESTIMATORS = {cls.__name__: cls for cls in (AFMRegressor, AFMClassifier)}
+
+
+def dump(estimator, file):
+    """Save a fitted estimator as tensors and plain values.
+
+    The file holds the parameters, the fitted attributes, the network's
+    weights and the optimizer's state (so that ``warm_start`` and
+    ``partial_fit`` continue after :func:`load`), always on the CPU.
+
+    Parameters
+    ----------
+    estimator : AFMRegressor or AFMClassifier
+        A fitted estimator (not a Pipeline: save its steps' other objects with
+        their own tools).
+
+    file : str, path-like or binary file object
+        Where to write.
+
+    Examples
+    --------
+    >>> import io
+    >>> from skafm import AFMRegressor
+    >>> from skafm.datasets import make_interaction_data
+    >>> from skafm.io import dump, load
+    >>> X, y, _ = make_interaction_data(200, random_state=0)
+    >>> model = AFMRegressor(max_iter=3, random_state=0).fit(X, y)
+    >>> buffer = io.BytesIO()
+    >>> dump(model, buffer)
+    >>> _ = buffer.seek(0)
+    >>> bool((load(buffer).predict(X) == model.predict(X)).all())
+    True
+    """
+    name = type(estimator).__name__
+    if ESTIMATORS.get(name) is not type(estimator):
+        raise TypeError(
+            f"skafm.io.dump saves AFMRegressor and AFMClassifier, not {name}."
+        )
+    if not hasattr(estimator, "_trainer"):
+        raise ValueError(f"This {name} is not fitted yet; fit it before saving.")
+    params = estimator.get_params(deep=False)
+    if callable(params["scoring"]):
+        raise ValueError(
+            "A model whose scoring is a callable cannot be saved as plain values; "
+            "set scoring to a string (e.g. model.set_params(scoring='loss')) or "
+            "use pickle."
+        )
+    trainer = estimator._trainer.to_cpu()
+    fitted = {
+        key: value
+        for key, value in vars(estimator).items()
+        if key not in params and key not in ("_trainer", "module_")
+    }
+    state = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "versions": {key: str(value) for key, value in current_versions().items()},
+        "estimator": name,
+        "params": {key: encode(value) for key, value in params.items()},
+        "fitted": {key: encode(value) for key, value in fitted.items()},
+        "network": network_state(trainer.module),
+        "optimization": dataclasses.asdict(trainer.config),
+        "optimizers": [optimizer.state_dict() for optimizer in trainer.optimizers],
+    }
+    torch.save(state, _path_or_file(file))
+
+
+def load(file):
+    """Load an estimator saved by :func:`dump`.
+
+    Only tensors and plain values are read (``torch.load(weights_only=True)``),
+    so a file cannot run code when it is loaded.
+
+    Parameters
+    ----------
+    file : str, path-like or binary file object
+        What :func:`dump` wrote.
+
+    Returns
+    -------
+    estimator : AFMRegressor or AFMClassifier
+        The fitted estimator, on the CPU.
+    """
+    try:
+        state = torch.load(_path_or_file(file), weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"Not a file written by skafm.io.dump, or it holds objects other than "
+            f"tensors and plain values: {error}"
+        ) from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError("Not a file written by skafm.io.dump.")
+    if state["format_version"] > FORMAT_VERSION:
+        raise ValueError(
+            f"This file has format version {state['format_version']}; this skafm "
+            f"reads up to {FORMAT_VERSION}. Upgrade skafm."
+        )
+    cls = ESTIMATORS.get(state["estimator"])
+    if cls is None:
+        raise ValueError(f"Unknown estimator {state['estimator']!r} in the file.")
+    estimator = cls(**{key: decode(value) for key, value in state["params"].items()})
+    for key, value in state["fitted"].items():
+        setattr(estimator, key, decode(value))
+    module = build_network(state["network"])
+    trainer = Trainer(module, OptimizationConfig(**state["optimization"]))
+    for optimizer, optimizer_state in zip(
+        trainer.optimizers, state["optimizers"], strict=True
+    ):
+        optimizer.load_state_dict(optimizer_state)
+    estimator._trainer = trainer
+    estimator.module_ = module
+    return estimator
+
+
+def network_state(module):
+    n_features, n_outputs = module.linear.shape
+    return {
+        "n_features": n_features,
+        "n_outputs": n_outputs,
+        "n_factors": module.n_factors,
+        "attention_size": module.attention_size,
+        "attention": module.attention,
+        "dropout": module.dropout,
+        "attention_dropout": module.attention_dropout,
+        "weights": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+    }
+
+
+def build_network(state):
+    module = AttentionalFactorizationMachine(
+        state["n_features"],
+        state["n_outputs"],
+        state["n_factors"],
+        state["attention_size"],
+        attention=state["attention"],
+        dropout=state["dropout"],
+        attention_dropout=state["attention_dropout"],
+        generator=torch.Generator(),
+    )
+    module.load_state_dict(state["weights"])
+    return module.eval()
+
+
+# Values are stored as what torch's weights-only unpickler accepts: tensors,
+# str, int, float, bool, None, and lists, tuples and dicts of them. numpy
+# arrays and random states are tagged so that they come back as they were.
+
+
+def encode(value):
+    if isinstance(value, np.random.RandomState):
+        algorithm, keys, position, has_gauss, gauss = value.get_state()
+        return {
+            "__random_state__": [
+                algorithm,
+                torch.from_numpy(keys.astype(np.int64)),
+                int(position),
+                int(has_gauss),
+                float(gauss),
+            ]
+        }
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "bif":
+            return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value))}
+        # strings, objects, unsigned ints: element by element, dtype kept
+        return {
+            "__array__": [encode(item) for item in value.ravel().tolist()],
+            "dtype": value.dtype.str,
+            "shape": list(value.shape),
+        }
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: encode(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(encode(item) for item in value)
+    if value is None or isinstance(value, str | int | float | bool | torch.Tensor):
+        return value
+    raise TypeError(
+        f"skafm.io cannot store a {type(value).__name__}; use pickle for this model."
+    )
+
+
+def decode(value):
+    if isinstance(value, dict):
+        if "__random_state__" in value:
+            algorithm, keys, position, has_gauss, gauss = value["__random_state__"]
+            rng = np.random.RandomState()
+            rng.set_state(
+                (algorithm, keys.numpy().astype(np.uint32), position, has_gauss, gauss)
+            )
+            return rng
+        if "__ndarray__" in value:
+            return value["__ndarray__"].numpy().copy()
+        if "__array__" in value:
+            dtype = np.dtype(value["dtype"])
+            items = [decode(item) for item in value["__array__"]]
+            array = np.empty(len(items), dtype=dtype)
+            array[:] = items
+            return array.reshape(value["shape"])
+        return {key: decode(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(decode(item) for item in value)
+    return value
+
+
+def _path_or_file(file):
+    return os.fspath(file) if isinstance(file, str | os.PathLike) else file
