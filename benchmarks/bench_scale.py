@@ -56,6 +56,7 @@ def worker(args):
         attention_size=args.attention_size,
         batch_size=args.batch_size,
         max_iter=1,
+        init="random",  # time the AFM's epochs alone, not FM pre-training
         early_stopping=False,
         random_state=0,
     )

@@ -84,6 +84,7 @@ def run_skafm(args, data):
         learning_rate_init=1e-3,
         alpha=0.0,
         max_iter=1,
+        init="random",  # time the AFM's epochs alone, not FM pre-training
         early_stopping=False,
         warm_start=True,
         random_state=0,

@@ -311,9 +311,13 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             if rule.early_stopping
             else None
         )
+        if self.verbose:
+            print("Pre-training a factorization machine (init='fm')")
         fit_epochs(
             trainer, data, rng, rule, validation_score=score, verbose=self.verbose
         )
+        if self.verbose:
+            print("Training the attentional factorization machine from it")
         return trainer.module
 
     def _record(self, trainer, history, continuing, early_stopping, loss):

@@ -4,7 +4,14 @@ import pytest
 from skafm.datasets import make_interaction_data
 
 # Small, quick settings for tests that only need a trained model, not a good one.
-FAST = dict(n_factors=8, attention_size=8, max_iter=15, batch_size=64, random_state=0)
+FAST = dict(
+    n_factors=8,
+    attention_size=8,
+    max_iter=15,
+    batch_size=64,
+    random_state=0,
+    init="random",  # one training phase; init="fm" has tests of its own
+)
 
 
 @pytest.fixture(scope="session")

@@ -343,8 +343,8 @@ def test_init_fm_starts_the_afm_where_a_plain_fm_ended(split):
     X_train, _, y_train, _ = split
     params = {**FAST, "max_iter": 10, "dropout": 0.0, "early_stopping": False}
     fm = AFMRegressor(**params, attention=False).fit(X_train, y_train)
-    pretrained = AFMRegressor(**params, init="fm").fit(X_train, y_train)
-    scratch = AFMRegressor(**params).fit(X_train, y_train)
+    pretrained = AFMRegressor(**{**params, "init": "fm"}).fit(X_train, y_train)
+    scratch = AFMRegressor(**{**params, "init": "random"}).fit(X_train, y_train)
     # the first AFM epoch continues from the FM's loss instead of starting over
     assert pretrained.loss_curve_[0] < 3 * fm.loss_curve_[-1]
     assert pretrained.loss_curve_[0] < 0.2 * scratch.loss_curve_[0]
@@ -354,8 +354,8 @@ def test_init_fm_starts_the_afm_where_a_plain_fm_ended(split):
 def test_init_fm_is_ignored_without_attention(split):
     X_train, X_val, y_train, _ = split
     params = {**FAST, "max_iter": 3, "attention": False}
-    a = AFMRegressor(**params, init="fm").fit(X_train, y_train)
-    b = AFMRegressor(**params).fit(X_train, y_train)
+    a = AFMRegressor(**{**params, "init": "fm"}).fit(X_train, y_train)
+    b = AFMRegressor(**{**params, "init": "random"}).fit(X_train, y_train)
     np.testing.assert_array_equal(a.predict(X_val), b.predict(X_val))
 
 
@@ -379,10 +379,23 @@ def test_init_fm_keeps_the_fm_when_no_afm_epoch_beats_it(split, monkeypatch):
         return history
 
     monkeypatch.setattr(skafm._base, "fit_epochs", worsening_afm_phase)
-    model = AFMRegressor(**{**FAST, "max_iter": 20}, init="fm", n_iter_no_change=3)
+    model = AFMRegressor(**{**FAST, "max_iter": 20, "init": "fm"}, n_iter_no_change=3)
     model.fit(X_train, y_train, X_val=X_val, y_val=y_val)
     ((start, end),) = calls
     for name, value in start.items():
         np.testing.assert_array_equal(end[name].numpy(), value.numpy(), err_msg=name)
     assert model.best_validation_score_ == 0.0
     assert model.n_iter_ == 3
+
+
+def test_verbose_names_the_two_phases_of_init_fm(split):
+    X_train, _, y_train, _ = split
+    output = io.StringIO()
+    with redirect_stdout(output):
+        AFMRegressor(**{**FAST, "max_iter": 2, "init": "fm"}, verbose=1).fit(
+            X_train, y_train
+        )
+    lines = output.getvalue().splitlines()
+    assert lines[0] == "Pre-training a factorization machine (init='fm')"
+    assert lines[3] == "Training the attentional factorization machine from it"
+    assert sum(line.startswith("Epoch") for line in lines) == 4
