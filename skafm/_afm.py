@@ -103,9 +103,10 @@ _PARAMETERS_TEMPLATE = """
         paper's pre-training. With early stopping the FM's weights are a
         candidate too, kept when no AFM epoch scores better on the validation
         data. It about doubles the fitting time, and fitted better on the
-        validation data the defaults were chosen on. "random": start from
-        small random embeddings. Ignored when ``attention=False``, by warm
-        starts and by :meth:`partial_fit`.
+        validation data the defaults were chosen on. ``n_iter_``,
+        ``loss_curve_`` and ``validation_scores_`` describe the AFM's epochs.
+        "random": start from small random embeddings. Ignored when
+        ``attention=False``, by warm starts and by :meth:`partial_fit`.
 
     device : {"cpu", "cuda", "auto"}, default="cpu"
         Where the network is trained and evaluated. "auto" uses a CUDA GPU
