@@ -16,6 +16,7 @@ model is a factorization machine.
 """
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -112,12 +113,16 @@ class AttentionalFactorizationMachine(nn.Module):
         sparse = {id(p) for p in self.sparse_parameters()}
         return [p for p in self.parameters() if id(p) not in sparse]
 
-    def forward(self, index, value, mask, generator=None):
-        """Raw outputs of shape (n_rows, n_outputs)."""
-        embedded, linear_weights = self._lookup(index)
-        return self._output(embedded, linear_weights, value, mask, generator)
+    def forward(self, index, value, mask, generator=None, workspace=None):
+        """Raw outputs of shape (n_rows, n_outputs).
 
-    def forward_with_penalty(self, index, value, mask, generator=None):
+        ``workspace``, a :class:`PairWorkspace` owned by the caller, lends the
+        large per-pair buffers; a caller must not share one between threads.
+        """
+        embedded, linear_weights = self._lookup(index)
+        return self._output(embedded, linear_weights, value, mask, generator, workspace)
+
+    def forward_with_penalty(self, index, value, mask, generator=None, workspace=None):
         """Raw outputs and each row's squared norm of its active parameters.
 
         The norm, summed over the row's active features of ``|v_i|^2 + |w_i|^2``,
@@ -125,7 +130,9 @@ class AttentionalFactorizationMachine(nn.Module):
         touches are regularised, so a step costs nothing per unseen feature.
         """
         embedded, linear_weights = self._lookup(index)
-        output = self._output(embedded, linear_weights, value, mask, generator)
+        output = self._output(
+            embedded, linear_weights, value, mask, generator, workspace
+        )
         active = mask.unsqueeze(-1)
         squared_norm = (embedded.square() * active).sum((1, 2)) + (
             linear_weights.square() * active
@@ -139,11 +146,11 @@ class AttentionalFactorizationMachine(nn.Module):
             F.embedding(index, self.linear, sparse=True),
         )
 
-    def _output(self, embedded, linear_weights, value, mask, generator):
+    def _output(self, embedded, linear_weights, value, mask, generator, workspace):
         scaled = embedded * value.unsqueeze(-1)
         linear = torch.bmm(value.unsqueeze(1), linear_weights).squeeze(1)
         if self.attention:
-            pooled = self._attention_pooling(scaled, mask, generator)
+            pooled = self._attention_pooling(scaled, mask, generator, workspace)
         else:
             pooled = sum_pooling(scaled)
         pooled = self._dropout(pooled, self.dropout, generator)
@@ -183,7 +190,7 @@ class AttentionalFactorizationMachine(nn.Module):
         contributions = weights.unsqueeze(-1) * (products @ self.projection)
         return linear, weights, contributions, left, right
 
-    def _attention_pooling(self, scaled, mask, generator):
+    def _attention_pooling(self, scaled, mask, generator, workspace):
         left, right = pair_positions(scaled.shape[1], scaled.device)
         pair_mask = mask[:, left] & mask[:, right]
         keep = None
@@ -203,6 +210,7 @@ class AttentionalFactorizationMachine(nn.Module):
             self.attention_bias,
             self.attention_query,
             keep,
+            workspace,
         )
 
     def _attention_scores(self, products):
@@ -224,6 +232,40 @@ class AttentionalFactorizationMachine(nn.Module):
         return x * keep / (1.0 - rate)
 
 
+class PairWorkspace:
+    """Reusable buffers for the (rows, pairs, k) tensors of training steps.
+
+    Every training step needs about eight tensors of that size. Allocated
+    anew, each would get fresh pages from the operating system and pay a page
+    fault per 4 KB on first touch, which costs as much as the arithmetic;
+    reusing the same buffers step after step avoids that. Only valid while
+    forward and backward passes strictly alternate, as in the training loop.
+    """
+
+    def __init__(self):
+        self._buffers = {}
+
+    def get(self, name, shape, like):
+        """A tensor of ``shape`` like ``like`` (dtype, device); contents undefined."""
+        numel = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if (
+            buffer is None
+            or buffer.numel() < numel
+            or buffer.dtype != like.dtype
+            or buffer.device != like.device
+        ):
+            buffer = torch.empty(numel, dtype=like.dtype, device=like.device)
+            self._buffers[name] = buffer
+        return buffer[:numel].view(shape)
+
+
+def _new(workspace, name, shape, like):
+    if workspace is None:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    return workspace.get(name, shape, like)
+
+
 class AttentionPooling(torch.autograd.Function):
     """Attention-weighted sum of the pairwise products of a batch of rows.
 
@@ -238,12 +280,37 @@ class AttentionPooling(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, scaled, pair_mask, select_left, select_right, W, b, query, keep):
-        n_rows = scaled.shape[0]
-        left = torch.matmul(select_left, scaled)
-        right = torch.matmul(select_right, scaled)
-        products = left * right
-        hidden = torch.baddbmm(b, products, W.t().expand(n_rows, -1, -1)).relu_()
+    def forward(
+        ctx,
+        scaled,
+        pair_mask,
+        select_left,
+        select_right,
+        W,
+        b,
+        query,
+        keep,
+        workspace=None,
+    ):
+        n_rows, _, k = scaled.shape
+        shape = (n_rows, select_left.shape[0], k)
+        left = torch.bmm(
+            select_left.expand(n_rows, -1, -1),
+            scaled,
+            out=_new(workspace, "left", shape, scaled),
+        )
+        right = torch.bmm(
+            select_right.expand(n_rows, -1, -1),
+            scaled,
+            out=_new(workspace, "right", shape, scaled),
+        )
+        products = torch.mul(left, right, out=_new(workspace, "products", shape, left))
+        hidden = torch.baddbmm(
+            b,
+            products,
+            W.t().expand(n_rows, -1, -1),
+            out=_new(workspace, "hidden", (*shape[:2], W.shape[0]), products),
+        ).relu_()
         scores = torch.bmm(hidden, query.expand(n_rows, -1, -1)).squeeze(-1)
         weights = masked_softmax(scores, pair_mask)
         used = weights if keep is None else weights * keep
@@ -260,6 +327,7 @@ class AttentionPooling(torch.autograd.Function):
             query,
             keep,
         )
+        ctx.workspace = workspace
         return pooled
 
     @staticmethod
@@ -284,18 +352,45 @@ class AttentionPooling(torch.autograd.Function):
         grad_scores = weights * (
             grad_weights - (weights * grad_weights).sum(-1, keepdim=True)
         )
+        workspace = ctx.workspace
         flat_hidden = hidden.view(-1, t)
         grad_query = (flat_hidden.t() @ grad_scores.reshape(-1)).unsqueeze(-1)
-        grad_hidden = torch.ops.aten.threshold_backward(
-            grad_scores.unsqueeze(-1) * query.view(1, 1, t), hidden, 0.0
-        ).view(-1, t)
+        grad_hidden = torch.mul(
+            grad_scores.unsqueeze(-1),
+            query.view(1, 1, t),
+            out=_new(workspace, "grad_hidden", hidden.shape, hidden),
+        )
+        # ReLU backward, in place
+        torch.ops.aten.threshold_backward.grad_input(
+            grad_hidden, hidden, 0.0, grad_input=grad_hidden
+        )
+        grad_hidden = grad_hidden.view(-1, t)
         grad_b = grad_hidden.sum(0)
         grad_W = grad_hidden.t() @ products.view(-1, k)
-        grad_products = used.unsqueeze(-1) * grad_pooled.unsqueeze(1)
+        grad_products = torch.mul(
+            used.unsqueeze(-1),
+            grad_pooled.unsqueeze(1),
+            out=_new(workspace, "grad_products", products.shape, products),
+        )
         grad_products.view(-1, k).addmm_(grad_hidden, W)
-        grad_scaled = torch.matmul(select_left.t(), grad_products * right)
+        grad_from_left = torch.mul(
+            grad_products,
+            right,
+            out=_new(workspace, "grad_from_left", products.shape, products),
+        )
+        grad_scaled = torch.matmul(select_left.t(), grad_from_left)
         grad_scaled += torch.matmul(select_right.t(), grad_products.mul_(left))
-        return grad_scaled, None, None, None, grad_W, grad_b, grad_query, None
+        return (
+            grad_scaled,
+            None,
+            None,
+            None,
+            grad_W,
+            grad_b,
+            grad_query,
+            None,
+            None,
+        )
 
 
 def per_row_matmul(x, weight):

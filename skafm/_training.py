@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ._batching import iter_row_batches, pad_rows, row_widths
+from ._network import PairWorkspace
 from ._progress import progress_bar
 
 # Floats in one (rows, pairs, max(n_factors, attention_size)) intermediate at
@@ -193,6 +194,7 @@ class Trainer:
             data.n_samples, config.batch_size, shuffle_rng, data.widths
         )
         widths = data.widths
+        workspace = PairWorkspace()
         try:
             for rows in batches:
                 for optimizer in self.optimizers:
@@ -204,7 +206,7 @@ class Trainer:
                     batch = pad_rows(data.X_csr, part).to(self.device)
                     part_t = torch.from_numpy(part).to(self.device)
                     output, squared_norm = module.forward_with_penalty(
-                        batch.index, batch.value, batch.mask, generator
+                        batch.index, batch.value, batch.mask, generator, workspace
                     )
                     sample_objective = (
                         per_sample_loss(config.loss, output, data.target[part_t])
@@ -245,10 +247,13 @@ class Trainer:
         with torch.inference_mode():
             widths = row_widths(data.X_csr)
             check_row_widths(widths, self._floats_per_pair())
+            workspace = PairWorkspace()
             for rows in predict_batches(widths, self.module.floats_per_pair):
                 batch = pad_rows(data.X_csr, rows).to(self.device)
                 rows_t = torch.from_numpy(rows).to(self.device)
-                output = self.module(batch.index, batch.value, batch.mask)
+                output = self.module(
+                    batch.index, batch.value, batch.mask, workspace=workspace
+                )
                 losses = per_sample_loss(self.config.loss, output, data.target[rows_t])
                 total += (data.weight[rows_t] * losses).sum().item()
         return total / data.n_samples
@@ -455,10 +460,12 @@ def predict_raw(module, X_csr):
     check_row_widths(widths, module.floats_per_pair if module.attention else 0)
     out = np.empty((X_csr.shape[0], module.bias.shape[0]), dtype=np.float64)
     module.eval()
+    # one workspace per call: concurrent predictions never share buffers
+    workspace = PairWorkspace()
     with torch.inference_mode():
         for rows in predict_batches(widths, module.floats_per_pair):
             batch = pad_rows(X_csr, rows).to(device)
-            output = module(batch.index, batch.value, batch.mask)
+            output = module(batch.index, batch.value, batch.mask, workspace=workspace)
             out[rows] = output.cpu().numpy()
     if not np.all(np.isfinite(out)):
         raise ValueError(

@@ -209,3 +209,27 @@ def test_afm_started_from_an_fm_reproduces_it_on_rows_of_the_mean_width():
     afm.train()
     afm(batch.index, batch.value, batch.mask).sum().backward()
     assert afm.attention_query.grad.abs().sum() > 0
+
+
+def test_training_steps_with_a_workspace_match_fresh_allocations():
+    """Reused buffers give the same gradients, step after step, at any width."""
+    from skafm._network import PairWorkspace
+
+    module = make_module(n_features=30)
+    module.train()
+    rng = np.random.RandomState(0)
+
+    def gradients(batch, workspace):
+        module.zero_grad(set_to_none=True)
+        output = module(batch.index, batch.value, batch.mask, workspace=workspace)
+        output.sum().backward()
+        return [p.grad.to_dense().clone() for p in module.parameters()]
+
+    workspace = PairWorkspace()
+    for width in [6, 3, 6, 8, 2]:
+        X = sp.random(5, 30, density=width / 30, random_state=rng, format="csr")
+        batch = pad_rows(as_active_features(X), np.arange(5))
+        reused = gradients(batch, workspace)
+        fresh = gradients(batch, None)
+        for a, b in zip(reused, fresh, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
