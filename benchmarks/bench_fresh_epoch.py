@@ -22,21 +22,10 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
-    from skafm import AFMRegressor
+    from bench_speed import epoch_model
 
     X, y = load_frappe(args.data_dir)[:2]
-    model = AFMRegressor(
-        n_factors=64,
-        attention_size=64,
-        batch_size=512,
-        learning_rate_init=1e-3,
-        alpha=0.0,
-        max_iter=1,
-        init="random",
-        early_stopping=False,
-        warm_start=True,
-        random_state=0,
-    )
+    model = epoch_model(n_factors=64, attention_size=64, batch_size=512)
     seconds = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -71,16 +71,14 @@ def median_latency(predict_one, rows, repeats=200):
     return float(np.median(times))
 
 
-def run_skafm(args, data):
-    import warnings
-
+def epoch_model(n_factors, attention_size, batch_size):
+    """skafm as timed here: each fit call is one more epoch of the AFM."""
     from skafm import AFMRegressor
 
-    X_train, y_train, X_test, y_test = data
-    model = AFMRegressor(
-        n_factors=args.n_factors,
-        attention_size=args.attention_size,
-        batch_size=args.batch_size,
+    return AFMRegressor(
+        n_factors=n_factors,
+        attention_size=attention_size,
+        batch_size=batch_size,
         learning_rate_init=1e-3,
         alpha=0.0,
         max_iter=1,
@@ -89,6 +87,13 @@ def run_skafm(args, data):
         warm_start=True,
         random_state=0,
     )
+
+
+def run_skafm(args, data):
+    import warnings
+
+    X_train, y_train, X_test, y_test = data
+    model = epoch_model(args.n_factors, args.attention_size, args.batch_size)
     epoch_seconds = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
