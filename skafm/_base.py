@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import dataclasses
 import warnings
 from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
@@ -272,13 +273,16 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
                 fm = self._build_module(
                     X.shape[1], n_outputs, initial_bias, rng, attention=False
                 )
-                fm = self._pretrain(
+                fm, fm_history = self._pretrain(
                     Trainer(fm.to(device), config), data, rng, rule, validation
                 )
                 module.start_from_factorization_machine(
                     fm, mean_pair_count(data.widths)
                 )
                 pretrained = True
+                if fm_history.interrupted:
+                    # Ctrl-C during pre-training stops the whole fit
+                    rule = dataclasses.replace(rule, max_iter=0)
             trainer = Trainer(module.to(device), config)
 
         score = self._validation_scorer(trainer, validation) if early_stopping else None
@@ -293,6 +297,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             # the FM it starts from is a candidate: never end worse than it
             keep_start_if_best=pretrained,
         )
+        history.interrupted = history.interrupted or rule.max_iter == 0
         self._record(trainer, history, continuing, early_stopping, config.loss)
         self._rng = rng
         if not (history.converged or history.interrupted or incremental):
@@ -305,7 +310,10 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         return self
 
     def _pretrain(self, trainer, data, rng, rule, validation):
-        """Train the plain FM that ``init="fm"`` starts from; return its network."""
+        """Train the plain FM that ``init="fm"`` starts from.
+
+        Returns its network and its training history.
+        """
         score = (
             self._validation_scorer(trainer, validation)
             if rule.early_stopping
@@ -313,12 +321,18 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         )
         if self.verbose:
             print("Pre-training a factorization machine (init='fm')")
-        fit_epochs(
-            trainer, data, rng, rule, validation_score=score, verbose=self.verbose
+        history = fit_epochs(
+            trainer,
+            data,
+            rng,
+            rule,
+            validation_score=score,
+            verbose=self.verbose,
+            warning_stacklevel=7,
         )
-        if self.verbose:
+        if self.verbose and not history.interrupted:
             print("Training the attentional factorization machine from it")
-        return trainer.module
+        return trainer.module, history
 
     def _record(self, trainer, history, continuing, early_stopping, loss):
         """Set the fitted attributes from a finished training call."""

@@ -276,6 +276,7 @@ def fit_epochs(
     verbose=0,
     first_epoch=1,
     keep_start_if_best=False,
+    warning_stacklevel=6,
 ):
     """Train for up to ``rule.max_iter`` epochs.
 
@@ -297,6 +298,9 @@ def fit_epochs(
     keep_start_if_best : bool
         With early stopping, score the starting weights too and keep them if
         no epoch beats them (for a network that starts from a fitted model).
+    warning_stacklevel : int
+        ``stacklevel`` of the interruption warning, so that it points at the
+        user's call.
 
     Returns
     -------
@@ -327,7 +331,7 @@ def fit_epochs(
                 f"Training interrupted by the user during epoch {epoch}; the model "
                 "keeps the best weights found so far.",
                 UserWarning,
-                stacklevel=6,
+                stacklevel=warning_stacklevel,
             )
             break
         loss = trainer.mean_objective(epoch_sum, data.n_samples)

@@ -399,3 +399,15 @@ def test_verbose_names_the_two_phases_of_init_fm(split):
     assert lines[0] == "Pre-training a factorization machine (init='fm')"
     assert lines[3] == "Training the attentional factorization machine from it"
     assert sum(line.startswith("Epoch") for line in lines) == 4
+
+
+def test_interrupt_during_fm_pretraining_stops_the_whole_fit(split, monkeypatch):
+    X_train, X_val, y_train, _ = split
+    interrupt_after(monkeypatch, 2)
+    model = AFMRegressor(**{**FAST, "max_iter": 50, "init": "fm"})
+    with pytest.warns(UserWarning, match="interrupted by the user") as record:
+        model.fit(X_train, y_train)
+    assert len(record) == 1 and record[0].filename == __file__
+    # no AFM epoch ran after the Ctrl-C; the model is the FM it started from
+    assert model.n_iter_ == 0
+    assert np.isfinite(model.predict(X_val)).all()
