@@ -9,8 +9,6 @@ fresh process sees it (k = t = 64, batch 512, Adam 1e-3, as bench_speed.py).
 
 import argparse
 import sys
-import time
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -22,17 +20,11 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
-    from bench_speed import epoch_model
+    from bench_speed import epoch_model, time_epochs
 
     X, y = load_frappe(args.data_dir)[:2]
     model = epoch_model(n_factors=64, attention_size=64, batch_size=512)
-    seconds = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(args.epochs):
-            start = time.perf_counter()
-            model.fit(X, y)
-            seconds.append(time.perf_counter() - start)
+    seconds = time_epochs(model, X, y, args.epochs)
     print("seconds per epoch:", ", ".join(f"{value:.2f}" for value in seconds))
 
 

@@ -37,6 +37,21 @@ def torch_threads_scorer():
     return torch_threads
 
 
+def thread_recorder():
+    """A scoring callable that records torch's thread count at each call.
+
+    Used as the early-stopping scorer, it is called inside fit after every
+    epoch, so it sees the limit fit runs under.
+    """
+    seen = []
+
+    def record(estimator, X, y):
+        seen.append(torch.get_num_threads())
+        return 0.0
+
+    return seen, record
+
+
 @pytest.fixture(scope="module")
 def small_regression():
     X, y, _ = make_interaction_data(400, n_fields=4, n_categories=4, random_state=0)
@@ -60,12 +75,8 @@ def small_search(n_jobs):
 @needs_two_threads
 def test_n_threads_limits_torch_during_fit_and_predict(small_regression, monkeypatch):
     X, y = small_regression
-    seen = []
+    seen, record = thread_recorder()
     before = torch.get_num_threads()
-
-    def record(estimator, X, y):
-        seen.append(torch.get_num_threads())
-        return 0.0
 
     model = AFMRegressor(
         **{**FAST, "max_iter": 2}, n_threads=1, early_stopping=True, scoring=record
@@ -88,11 +99,7 @@ def test_n_threads_limits_torch_during_fit_and_predict(small_regression, monkeyp
 @needs_two_threads
 def test_default_n_threads_changes_nothing(small_regression):
     X, y = small_regression
-    seen = []
-
-    def record(estimator, X, y):
-        seen.append(torch.get_num_threads())
-        return 0.0
+    seen, record = thread_recorder()
 
     AFMRegressor(**{**FAST, "max_iter": 2}, early_stopping=True, scoring=record).fit(
         X, y
@@ -104,11 +111,7 @@ def test_n_threads_is_an_upper_bound_never_a_raise(small_regression):
     from threadpoolctl import threadpool_limits
 
     X, y = small_regression
-    seen = []
-
-    def record(estimator, X, y):
-        seen.append(torch.get_num_threads())
-        return 0.0
+    seen, record = thread_recorder()
 
     with threadpool_limits(limits=1, user_api="openmp"):
         AFMRegressor(
@@ -132,11 +135,7 @@ def test_grid_search_workers_use_their_share_of_the_cores(small_regression):
 @needs_two_threads
 def test_threading_backend_with_n_threads_one(small_regression):
     X, y = small_regression
-    seen = []
-
-    def record(estimator, X, y):
-        seen.append(torch.get_num_threads())
-        return 0.0
+    seen, record = thread_recorder()
 
     search = GridSearchCV(
         AFMRegressor(
