@@ -5,13 +5,14 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+import skafm._network
 from skafm._batching import as_active_features, pad_rows
 from skafm._network import (
     AttentionalFactorizationMachine,
     AttentionPooling,
+    group_pairs,
     masked_softmax,
     pair_positions,
-    pair_selectors,
 )
 
 
@@ -170,8 +171,11 @@ def test_attention_pooling_backward_matches_numerical_gradients(with_dropout):
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
     left, right = pair_positions(width, scaled.device)
     pair_mask = mask[:, left] & mask[:, right]
-    select_left, select_right = (
-        s.double() for s in pair_selectors(width, scaled.device)
+    # every pair its own group: gradcheck moves each entry on its own
+    groups = group_pairs(
+        torch.zeros(n_rows, width, dtype=torch.int64),
+        torch.zeros(n_rows, width),
+        deduplicate=False,
     )
     W = torch.randn(t, k, dtype=torch.float64, requires_grad=True)
     b = torch.randn(t, dtype=torch.float64, requires_grad=True)
@@ -179,9 +183,7 @@ def test_attention_pooling_backward_matches_numerical_gradients(with_dropout):
     keep = (torch.rand(pair_mask.shape) > 0.3).double() / 0.7 if with_dropout else None
 
     def pooled(scaled, W, b, query):
-        return AttentionPooling.apply(
-            scaled, pair_mask, select_left, select_right, W, b, query, keep
-        )
+        return AttentionPooling.apply(scaled, pair_mask, groups, W, b, query, keep)
 
     assert torch.autograd.gradcheck(pooled, (scaled, W, b, query))
 
@@ -233,3 +235,44 @@ def test_training_steps_with_a_workspace_match_fresh_allocations():
         fresh = gradients(batch, None)
         for a, b in zip(reused, fresh, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_grouping_identical_pairs_changes_neither_outputs_nor_gradients(monkeypatch):
+    """The attention network runs once per distinct pair; the result is the same."""
+    rng = np.random.RandomState(0)
+    X = sp.random(60, 12, density=0.4, random_state=rng, format="csr")
+    X.data = rng.choice([0.5, 1.0, 2.0], size=X.nnz)  # few distinct entries
+    batch = pad_rows(as_active_features(X), np.arange(60))
+    groups = skafm._network.group_pairs(batch.index, batch.value)
+    n_pairs = batch.index.shape[1] * (batch.index.shape[1] - 1) // 2
+    assert len(groups.left) < 0.5 * 60 * n_pairs  # grouping does happen
+
+    original = skafm._network.group_pairs
+
+    def outputs_and_gradients(deduplicate):
+        monkeypatch.setattr(
+            skafm._network,
+            "group_pairs",
+            lambda index, value: original(index, value, deduplicate=deduplicate),
+        )
+        module = make_module(attention_dropout=0.3)
+        module.train()
+        generator = torch.Generator().manual_seed(0)
+        output = module(batch.index, batch.value, batch.mask, generator)
+        (output.square().sum()).backward()
+        return output, [p.grad.to_dense() for p in module.parameters()]
+
+    grouped, grouped_grads = outputs_and_gradients(True)
+    plain, plain_grads = outputs_and_gradients(False)
+    torch.testing.assert_close(grouped, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grouped_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_real_valued_features_are_not_grouped():
+    rng = np.random.RandomState(0)
+    X = sp.random(20, 12, density=0.5, random_state=rng, format="csr")
+    batch = pad_rows(as_active_features(X), np.arange(20))
+    groups = skafm._network.group_pairs(batch.index, batch.value)
+    n_occurrences = len(groups.inverse)
+    torch.testing.assert_close(groups.inverse, torch.arange(n_occurrences))
