@@ -55,7 +55,7 @@ TUNING_GRID = {
     "n_factors": [64, 128],
     "attention_size": [16],
     "dropout": [0.5, 0.7],
-    "init": ["random", "fm"],
+    "average_window": [None, 40],
 }
 
 

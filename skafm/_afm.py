@@ -37,6 +37,20 @@ _PARAMETERS_TEMPLATE = """
         Dropout rate on the attention weights during training. Never applied
         at prediction time.
 
+    average_window : "auto", float or None, default="auto"
+        Span, in epochs, of an exponential moving average of the weights,
+        updated after every optimizer step and started from the initial
+        weights (``average = d * average + (1 - d) * weights`` with
+        ``d = 1 - 1 / (average_window * steps_per_epoch)``). Predictions, the
+        validation score and the weights kept by early stopping are those of
+        the average: it smooths out the noise of the steps and shrinks rarely
+        seen features towards their start, and generalizes better than the
+        last weights. "auto" averages over 40 epochs when early stopping is on
+        (the validation score then decides how long to train) and not at all
+        otherwise, since after a fixed number of epochs a long average lags
+        behind. None or 0 predicts with the last weights. Training always
+        continues from the last weights (``warm_start``, ``partial_fit``).
+
     optimizer : {"adam", "adagrad"}, default="adam"
         Stochastic optimizer. Both update only the embedding and linear rows
         of the features present in a mini-batch ("adam" uses lazy sparse Adam
@@ -194,6 +208,7 @@ _DEFAULTS = dict(
     attention_alpha=0.0,
     dropout=0.5,
     attention_dropout=0.0,
+    average_window="auto",
     optimizer="adam",
     learning_rate_init=0.01,
     batch_size=256,
@@ -263,6 +278,7 @@ class AFMRegressor(RegressorMixin, BaseAFM):
         attention_alpha=_DEFAULTS["attention_alpha"],
         dropout=_DEFAULTS["dropout"],
         attention_dropout=_DEFAULTS["attention_dropout"],
+        average_window=_DEFAULTS["average_window"],
         optimizer=_DEFAULTS["optimizer"],
         learning_rate_init=_DEFAULTS["learning_rate_init"],
         batch_size=_DEFAULTS["batch_size"],
@@ -288,6 +304,7 @@ class AFMRegressor(RegressorMixin, BaseAFM):
             attention_alpha=attention_alpha,
             dropout=dropout,
             attention_dropout=attention_dropout,
+            average_window=average_window,
             optimizer=optimizer,
             learning_rate_init=learning_rate_init,
             batch_size=batch_size,
@@ -472,6 +489,7 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
         attention_alpha=_DEFAULTS["attention_alpha"],
         dropout=_CLASSIFIER_DROPOUT,
         attention_dropout=_DEFAULTS["attention_dropout"],
+        average_window=_DEFAULTS["average_window"],
         optimizer=_DEFAULTS["optimizer"],
         learning_rate_init=_DEFAULTS["learning_rate_init"],
         batch_size=_DEFAULTS["batch_size"],
@@ -497,6 +515,7 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
             attention_alpha=attention_alpha,
             dropout=dropout,
             attention_dropout=attention_dropout,
+            average_window=average_window,
             optimizer=optimizer,
             learning_rate_init=learning_rate_init,
             batch_size=batch_size,

@@ -3,6 +3,7 @@
 import contextlib
 import copy
 import dataclasses
+import math
 import warnings
 from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
@@ -52,6 +53,20 @@ def current_versions():
     }
 
 
+def average_decay(window, n_samples, batch_size):
+    """Per-step decay of a weight average spanning ``window`` epochs (0: none).
+
+    An exponential moving average with decay d spans 1 / (1 - d) steps.
+    """
+    steps = window * math.ceil(n_samples / batch_size) if window else 0.0
+    return 0.0 if steps <= 1.0 else 1.0 - 1.0 / steps
+
+
+# epochs averaged by average_window="auto" when early stopping is on; chosen on
+# Frappe's validation part (benchmarks/search_defaults.py)
+AUTO_AVERAGE_WINDOW = 40.0
+
+
 # as HistGradientBoosting: early_stopping="auto" turns it on above this size
 AUTO_EARLY_STOPPING_MIN_SAMPLES = 10_000
 
@@ -85,6 +100,11 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         "attention_alpha": [Interval(Real, 0, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "attention_dropout": [Interval(Real, 0, 1, closed="left")],
+        "average_window": [
+            StrOptions({"auto"}),
+            Interval(Real, 0, None, closed="left"),
+            None,
+        ],
         "optimizer": [StrOptions({"adam", "adagrad"})],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -114,6 +134,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         attention_alpha,
         dropout,
         attention_dropout,
+        average_window,
         optimizer,
         learning_rate_init,
         batch_size,
@@ -138,6 +159,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         self.attention_alpha = attention_alpha
         self.dropout = dropout
         self.attention_dropout = attention_dropout
+        self.average_window = average_window
         self.optimizer = optimizer
         self.learning_rate_init = learning_rate_init
         self.batch_size = batch_size
@@ -253,7 +275,11 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         elif validation is not None:
             validation = self._validate_validation_set(*validation)
 
-        config = self._optimization_config(loss if not continuing else self._loss)
+        config = self._optimization_config(
+            loss if not continuing else self._loss,
+            n_samples=X.shape[0],
+            early_stopping=early_stopping,
+        )
         data = TrainingData.build(
             as_active_features(X), self._encode_target(y), sample_weight, device
         )
@@ -332,7 +358,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         )
         if self.verbose and not history.interrupted:
             print("Training the attentional factorization machine from it")
-        return trainer.module, history
+        return trainer.prediction_module, history
 
     def _record(self, trainer, history, continuing, early_stopping, loss):
         """Set the fitted attributes from a finished training call."""
@@ -344,7 +370,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         )
         self._trainer = trainer
         self._loss = loss
-        self.module_ = trainer.module
+        self.module_ = trainer.prediction_module
         self.loss_curve_ = previous_losses + losses
         self.n_iter_ = len(self.loss_curve_)
         self.t_ = (self.t_ if continuing else 0) + history.samples_seen
@@ -359,6 +385,14 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             self.validation_scores_ = None
             self.best_validation_score_ = None
             self.best_loss_ = min(self.loss_curve_) if self.loss_curve_ else None
+
+    def _average_window(self, early_stopping):
+        if self.average_window != "auto":
+            return self.average_window
+        # the validation score tells how long to train for the average to be
+        # good; without it, a fixed number of epochs leaves a long average
+        # lagging behind the weights
+        return AUTO_AVERAGE_WINDOW if early_stopping else None
 
     def _early_stopping_enabled(self, n_samples, validation, incremental):
         if incremental:
@@ -432,7 +466,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         def score():
             # a shallow copy that predicts with the network being trained
             view = copy.copy(self)
-            view.module_ = trainer.module
+            view.module_ = trainer.prediction_module
             return scorer(view, X_val, y_val, **weights)
 
         return score
@@ -467,7 +501,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             module.bias.copy_(torch.as_tensor(initial_bias, dtype=torch.float32))
         return module
 
-    def _optimization_config(self, loss):
+    def _optimization_config(self, loss, n_samples, early_stopping):
         return OptimizationConfig(
             loss=loss,
             optimizer=self.optimizer,
@@ -476,6 +510,9 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             shuffle=self.shuffle,
             alpha=self.alpha,
             attention_alpha=self.attention_alpha,
+            average_decay=average_decay(
+                self._average_window(early_stopping), n_samples, self.batch_size
+            ),
         )
 
     # -- prediction ------------------------------------------------------------
@@ -508,7 +545,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             # pickles hold CPU tensors so they load on machines without a GPU
             cpu_trainer = trainer.to_cpu()
             state["_trainer"] = cpu_trainer
-            state["module_"] = cpu_trainer.module
+            state["module_"] = cpu_trainer.prediction_module
         state["_skafm_versions"] = current_versions()
         return state
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._averaging import WeightAverage
 from ._batching import iter_row_batches, pad_rows, row_widths
 from ._network import PairWorkspace
 from ._progress import progress_bar
@@ -46,6 +47,8 @@ class OptimizationConfig:
     shuffle: bool
     alpha: float
     attention_alpha: float
+    # 0 trains without a weight average
+    average_decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,17 @@ class Trainer:
         self.optimizers = make_optimizers(
             module, config.optimizer, config.learning_rate
         )
+        self.average = self._new_average(config)
+
+    def _new_average(self, config):
+        if config.average_decay == 0.0:
+            return None
+        return WeightAverage(self.module, config.average_decay)
+
+    @property
+    def prediction_module(self):
+        """The network that predicts: the weight average when there is one."""
+        return self.module if self.average is None else self.average.module
 
     @property
     def device(self):
@@ -161,6 +175,11 @@ class Trainer:
         for optimizer in clone.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = config.learning_rate
+        if clone.average is None or config.average_decay == 0.0:
+            # a new average starts from the weights trained so far
+            clone.average = clone._new_average(config)
+        else:
+            clone.average.decay = config.average_decay
         clone.config = config
         return clone
 
@@ -179,6 +198,8 @@ class Trainer:
         # nn.Module.to keeps the Parameter objects, so the optimizers'
         # references to them stay valid; only their state needs moving
         self.module.to(device)
+        if self.average is not None:
+            self.average.to(device)
         for optimizer in self.optimizers:
             for state in optimizer.state.values():
                 for key, value in state.items():
@@ -196,6 +217,7 @@ class Trainer:
         )
         widths = data.widths
         workspace = PairWorkspace()
+        touched = []
         try:
             for rows in batches:
                 for optimizer in self.optimizers:
@@ -221,17 +243,31 @@ class Trainer:
                         )
                     objective.backward()
                     total += weighted_sum.detach()
-                # sparse updates build tensors from valid indices by
-                # construction; opting out of checks explicitly also stops
-                # torch from warning that they are implicitly off
-                with torch.sparse.check_sparse_tensor_invariants(enable=False):
-                    for optimizer in self.optimizers:
-                        optimizer.step()
+                    touched.append(batch.index.view(-1))
+                self._step(touched)
+                touched.clear()
                 if progress is not None:
                     progress.update(len(rows))
         finally:
             module.eval()
+            if self.average is not None:
+                self.average.sync()
         return total.item()
+
+    def _step(self, touched):
+        """One optimizer step; ``touched`` holds the feature indices of the batch."""
+        rows = None
+        if self.average is not None:
+            rows = torch.unique(torch.cat(touched))
+            self.average.before_step(rows)
+        # sparse updates build tensors from valid indices by construction;
+        # opting out of checks explicitly also stops torch from warning that
+        # they are implicitly off
+        with torch.sparse.check_sparse_tensor_invariants(enable=False):
+            for optimizer in self.optimizers:
+                optimizer.step()
+        if self.average is not None:
+            self.average.after_step(rows)
 
     def _floats_per_pair(self):
         # sum pooling never builds per-pair tensors
@@ -242,9 +278,10 @@ class Trainer:
         return epoch_sum / n_samples + penalty
 
     def mean_loss(self, data):
-        """Weighted mean loss on ``data`` in evaluation mode, without penalties."""
+        """Weighted mean loss of the predicting network on ``data``, no penalties."""
         total = 0.0
-        self.module.eval()
+        module = self.prediction_module
+        module.eval()
         with torch.inference_mode():
             widths = row_widths(data.X_csr)
             check_row_widths(widths, self._floats_per_pair())
@@ -252,7 +289,7 @@ class Trainer:
             for rows in predict_batches(widths, self.module.floats_per_pair):
                 batch = pad_rows(data.X_csr, rows).to(self.device)
                 rows_t = torch.from_numpy(rows).to(self.device)
-                output = self.module(
+                output = module(
                     batch.index, batch.value, batch.mask, workspace=workspace
                 )
                 losses = per_sample_loss(self.config.loss, output, data.target[rows_t])
@@ -260,11 +297,18 @@ class Trainer:
         return total / data.n_samples
 
     def weights(self):
-        """A copy of the network's parameters."""
-        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        """A copy of the network's parameters and of their average."""
+        return {
+            "network": {
+                k: v.detach().clone() for k, v in self.module.state_dict().items()
+            },
+            "average": None if self.average is None else self.average.state(),
+        }
 
     def load_weights(self, weights):
-        self.module.load_state_dict(weights)
+        self.module.load_state_dict(weights["network"])
+        if weights["average"] is not None:
+            self.average.load_state(weights["average"])
 
 
 def fit_epochs(

@@ -77,6 +77,7 @@ def dump(estimator, file):
         "network": network_state(trainer.module),
         "optimization": dataclasses.asdict(trainer.config),
         "optimizers": [optimizer.state_dict() for optimizer in trainer.optimizers],
+        "average": None if trainer.average is None else trainer.average.state(),
     }
     torch.save(state, _path_or_file(file))
 
@@ -123,8 +124,10 @@ def load(file):
         trainer.optimizers, state["optimizers"], strict=True
     ):
         optimizer.load_state_dict(optimizer_state)
+    if trainer.average is not None:
+        trainer.average.load_state(state["average"])
     estimator._trainer = trainer
-    estimator.module_ = module
+    estimator.module_ = trainer.prediction_module
     return estimator
 
 
