@@ -207,6 +207,8 @@ class AttentionalFactorizationMachine(nn.Module):
                 self.attention_dropout,
                 generator,
             )
+        if groups is None:
+            return self._pairwise_pooling(scaled, pair_mask, keep, workspace)
         return AttentionPooling.apply(
             scaled,
             pair_mask,
@@ -216,6 +218,37 @@ class AttentionalFactorizationMachine(nn.Module):
             self.attention_query,
             keep,
             workspace,
+        )
+
+    def _pairwise_pooling(self, scaled, pair_mask, keep, workspace):
+        n_rows, width, _ = scaled.shape
+        select_left, select_right = pair_selectors(width, scaled.device)
+        weights = (
+            self.attention_weight,
+            self.attention_bias,
+            self.attention_query,
+        )
+        pair_floats = max(pair_mask.shape[1], 1) * self.floats_per_pair
+        rows_per_slice = max(1, PAIRWISE_FLOAT_BUDGET // pair_floats)
+        if torch.is_grad_enabled() or rows_per_slice >= n_rows:
+            return PairwiseAttentionPooling.apply(
+                scaled, pair_mask, select_left, select_right, *weights, keep, workspace
+            )
+        # prediction chunks are sized for grouped pairs; scored one by one,
+        # pairs stay in cache only in smaller slices of rows
+        return torch.cat(
+            [
+                PairwiseAttentionPooling.apply(
+                    scaled[start : start + rows_per_slice],
+                    pair_mask[start : start + rows_per_slice],
+                    select_left,
+                    select_right,
+                    *weights,
+                    None,
+                    workspace,
+                )
+                for start in range(0, n_rows, rows_per_slice)
+            ]
         )
 
     def _attention_scores(self, products):
@@ -280,6 +313,15 @@ PAIR_CHUNK = 64
 # are distinct (one-hot and categorical data); for real-valued features
 # nearly every pair is distinct and grouping would be wasted sorting.
 MAX_DISTINCT_ENTRY_FRACTION = 0.5
+# ... and when at most this fraction of its pairs are distinct: gathering
+# pairs by group costs more per pair than the pairwise path.
+MAX_GROUP_FRACTION = 0.5
+# Skip the pairs' sort when the cheap bound on distinct pairs is above this
+# fraction of the pairs (one-hot data with fields of similar, large sizes).
+MAX_GROUPING_BOUND_FRACTION = 0.75
+# Floats in one (rows, pairs, k) tensor of the pairwise path at predict time:
+# 4 MB keeps each pass over it in cache.
+PAIRWISE_FLOAT_BUDGET = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,32 +349,78 @@ class PairGroups:
     right: torch.Tensor
 
 
-def group_pairs(index, value, deduplicate=True):
-    """Group the pairs of a padded batch by their (feature, value) entries."""
-    n_rows, width = index.shape
-    left, right = pair_positions(width, index.device)
-    entries = torch.arange(n_rows * width, device=index.device).view(n_rows, width)
-    occurrence_left = entries[:, left].reshape(-1)
-    occurrence_right = entries[:, right].reshape(-1)
-    n_occurrences = occurrence_left.numel()
-    entry_ids, n_entries = distinct_entries(index, value) if deduplicate else (None, 0)
+def group_pairs(index, value):
+    """Group the pairs of a padded batch by their (feature, value) entries.
+
+    Returns None when most entries or most pairs are distinct (real-valued
+    features, or features that rarely meet): then pairs are better scored one
+    by one (:class:`PairwiseAttentionPooling`) than gathered into groups.
+    """
+    entry_ids, n_entries = distinct_entries(index, value)
     if entry_ids is None or n_entries > MAX_DISTINCT_ENTRY_FRACTION * index.numel():
-        inverse = torch.arange(n_occurrences, device=index.device)
-        first = inverse
-    else:
-        pair_keys = entry_ids[occurrence_left] * n_entries + entry_ids[occurrence_right]
-        _, inverse = torch.unique(pair_keys, return_inverse=True)
-        n_groups = int(inverse.max()) + 1 if n_occurrences else 0
-        occurrences = torch.arange(n_occurrences, device=index.device)
-        # the first occurrence of each group: deterministic on every device
-        first = torch.full(
-            (n_groups,), n_occurrences, dtype=torch.int64, device=index.device
-        ).scatter_reduce_(0, inverse, occurrences, "amin")
-    padding = -len(first) % PAIR_CHUNK
-    first = F.pad(first, (0, padding))
-    if n_occurrences == 0:
-        return PairGroups(inverse, first, first)
-    return PairGroups(inverse, occurrence_left[first], occurrence_right[first])
+        return None
+    n_rows, width = index.shape
+    n_pairs = n_rows * (width * (width - 1) // 2)
+    if most_pairs_distinct_bound(entry_ids.view(n_rows, width), n_entries) > (
+        MAX_GROUPING_BOUND_FRACTION * n_pairs
+    ):
+        return None
+    occurrence_left, occurrence_right = pair_occurrences(n_rows, width, index.device)
+    pair_keys = entry_ids[occurrence_left] * n_entries + entry_ids[occurrence_right]
+    _, inverse = torch.unique(pair_keys, return_inverse=True)
+    n_occurrences = len(inverse)
+    n_groups = int(inverse.max()) + 1 if n_occurrences else 0
+    if n_groups > MAX_GROUP_FRACTION * n_occurrences:
+        return None
+    # the first occurrence of each group: deterministic on every device
+    first = torch.full(
+        (n_groups,), n_occurrences, dtype=torch.int64, device=index.device
+    ).scatter_reduce_(
+        0, inverse, torch.arange(n_occurrences, device=index.device), "amin"
+    )
+    return PairGroups(
+        inverse, *padded_positions(first, occurrence_left, occurrence_right)
+    )
+
+
+def most_pairs_distinct_bound(entry_ids, n_entries):
+    """An upper bound on the number of distinct pairs of a batch, from one cheap sort.
+
+    The pairs at positions (l, r) of the rows take at most d_l * d_r distinct
+    values (d: the distinct entries at a position), and at most one per row.
+    On one-hot data the positions are the fields: pairs of small fields
+    repeat, pairs of two large ones do not.
+    """
+    n_rows, width = entry_ids.shape
+    positions = torch.arange(width, device=entry_ids.device)
+    distinct = torch.unique((positions * n_entries + entry_ids).view(-1))
+    per_position = torch.bincount(distinct // n_entries, minlength=width)
+    left, right = pair_positions(width, entry_ids.device)
+    return int(torch.clamp(per_position[left] * per_position[right], max=n_rows).sum())
+
+
+def ungrouped_pairs(n_rows, width, device):
+    """Every pair occurrence its own group."""
+    occurrence_left, occurrence_right = pair_occurrences(n_rows, width, device)
+    inverse = torch.arange(len(occurrence_left), device=device)
+    return PairGroups(
+        inverse, *padded_positions(inverse, occurrence_left, occurrence_right)
+    )
+
+
+def pair_occurrences(n_rows, width, device):
+    """Flat entry positions of the two features of every pair, row after row."""
+    left, right = pair_positions(width, device)
+    entries = torch.arange(n_rows * width, device=device).view(n_rows, width)
+    return entries[:, left].reshape(-1), entries[:, right].reshape(-1)
+
+
+def padded_positions(first, occurrence_left, occurrence_right):
+    """Positions of each group's features, padded to whole chunks with entry 0."""
+    first = F.pad(first, (0, -len(first) % PAIR_CHUNK))
+    if len(occurrence_left) == 0:
+        return first, first
+    return occurrence_left[first], occurrence_right[first]
 
 
 def distinct_entries(index, value):
@@ -455,6 +543,132 @@ class AttentionPooling(torch.autograd.Function):
         return grad_scaled, None, None, grad_W, grad_b, grad_query, None, None
 
 
+class PairwiseAttentionPooling(torch.autograd.Function):
+    """Attention pooling pair by pair, for batches whose pairs do not repeat.
+
+    Equivalent to :class:`AttentionPooling`. Builds the (rows, pairs, k)
+    products, gathering pairs with one-hot selector matrices (an exact
+    product), and scores them with one small matrix product per row, so a
+    row's output does not depend on the other rows of its batch. The
+    hand-written backward makes few passes over the (rows, pairs, k)
+    tensors: two large matrix products for the attention network's
+    gradients, in-place accumulation, and a single fused ReLU backward.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        scaled,
+        pair_mask,
+        select_left,
+        select_right,
+        W,
+        b,
+        query,
+        keep,
+        workspace=None,
+    ):
+        n_rows, _, k = scaled.shape
+        shape = (n_rows, select_left.shape[0], k)
+        left = torch.bmm(
+            select_left.expand(n_rows, -1, -1),
+            scaled,
+            out=_new(workspace, "left", shape, scaled),
+        )
+        right = torch.bmm(
+            select_right.expand(n_rows, -1, -1),
+            scaled,
+            out=_new(workspace, "right", shape, scaled),
+        )
+        products = torch.mul(left, right, out=_new(workspace, "products", shape, left))
+        hidden = torch.baddbmm(
+            b,
+            products,
+            W.t().expand(n_rows, -1, -1),
+            out=_new(workspace, "hidden", (*shape[:2], W.shape[0]), products),
+        ).relu_()
+        scores = torch.bmm(hidden, query.expand(n_rows, -1, -1)).squeeze(-1)
+        weights = masked_softmax(scores, pair_mask)
+        used = weights if keep is None else weights * keep
+        pooled = torch.bmm(used.unsqueeze(1), products).squeeze(1)
+        ctx.save_for_backward(
+            left,
+            right,
+            select_left,
+            select_right,
+            products,
+            hidden,
+            weights,
+            W,
+            query,
+            keep,
+        )
+        ctx.workspace = workspace
+        return pooled
+
+    @staticmethod
+    def backward(ctx, grad_pooled):
+        (
+            left,
+            right,
+            select_left,
+            select_right,
+            products,
+            hidden,
+            weights,
+            W,
+            query,
+            keep,
+        ) = ctx.saved_tensors
+        k, t = products.shape[-1], hidden.shape[-1]
+        used = weights if keep is None else weights * keep
+        grad_used = torch.bmm(products, grad_pooled.unsqueeze(-1)).squeeze(-1)
+        grad_weights = grad_used if keep is None else grad_used * keep
+        # softmax backward; masked pairs have weight 0 and get no gradient
+        grad_scores = weights * (
+            grad_weights - (weights * grad_weights).sum(-1, keepdim=True)
+        )
+        workspace = ctx.workspace
+        flat_hidden = hidden.view(-1, t)
+        grad_query = (flat_hidden.t() @ grad_scores.reshape(-1)).unsqueeze(-1)
+        grad_hidden = torch.mul(
+            grad_scores.unsqueeze(-1),
+            query.view(1, 1, t),
+            out=_new(workspace, "grad_hidden", hidden.shape, hidden),
+        )
+        # ReLU backward, in place
+        torch.ops.aten.threshold_backward.grad_input(
+            grad_hidden, hidden, 0.0, grad_input=grad_hidden
+        )
+        grad_hidden = grad_hidden.view(-1, t)
+        grad_b = grad_hidden.sum(0)
+        grad_W = grad_hidden.t() @ products.view(-1, k)
+        grad_products = torch.mul(
+            used.unsqueeze(-1),
+            grad_pooled.unsqueeze(1),
+            out=_new(workspace, "grad_products", products.shape, products),
+        )
+        grad_products.view(-1, k).addmm_(grad_hidden, W)
+        grad_from_left = torch.mul(
+            grad_products,
+            right,
+            out=_new(workspace, "grad_from_left", products.shape, products),
+        )
+        grad_scaled = torch.matmul(select_left.t(), grad_from_left)
+        grad_scaled += torch.matmul(select_right.t(), grad_products.mul_(left))
+        return (
+            grad_scaled,
+            None,
+            None,
+            None,
+            grad_W,
+            grad_b,
+            grad_query,
+            None,
+            None,
+        )
+
+
 def upper_triangular(pair_values, width):
     """Per row, a (width, width) matrix holding the pair values above the diagonal."""
     left, right = pair_positions(width, pair_values.device)
@@ -493,6 +707,15 @@ def masked_softmax(scores, mask):
     lowest = torch.finfo(scores.dtype).min
     weights = torch.softmax(scores.masked_fill(~mask, lowest), dim=-1)
     return weights * mask
+
+
+@functools.lru_cache(maxsize=256)
+def pair_selectors(width, device):
+    """One-hot (n_pairs, width) matrices selecting each pair's two features."""
+    left, right = pair_positions(width, device)
+    with torch.inference_mode(False):
+        eye = torch.eye(width, device=device)
+        return eye[left].contiguous(), eye[right].contiguous()
 
 
 @functools.lru_cache(maxsize=256)

@@ -23,7 +23,7 @@ from ._progress import progress_bar
 # predict time, before identical pairs are grouped: 16 MB. Larger chunks hold
 # more repeated pairs, which the attention network scores once (Frappe: 238k
 # rows/s against 163k with chunks of a quarter of the size).
-PREDICT_FLOAT_BUDGET = 1 << 24
+PREDICT_FLOAT_BUDGET = 1 << 22
 PREDICT_MAX_ROWS = 1 << 14
 # Floats in one per-pair intermediate of a training (sub-)batch: 64 MB.
 TRAIN_FLOAT_BUDGET = 1 << 24

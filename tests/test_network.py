@@ -10,9 +10,11 @@ from skafm._batching import as_active_features, pad_rows
 from skafm._network import (
     AttentionalFactorizationMachine,
     AttentionPooling,
-    group_pairs,
+    PairwiseAttentionPooling,
     masked_softmax,
     pair_positions,
+    pair_selectors,
+    ungrouped_pairs,
 )
 
 
@@ -172,10 +174,9 @@ def test_attention_pooling_backward_matches_numerical_gradients(with_dropout):
     left, right = pair_positions(width, scaled.device)
     pair_mask = mask[:, left] & mask[:, right]
     # every pair its own group: gradcheck moves each entry on its own
-    groups = group_pairs(
-        torch.zeros(n_rows, width, dtype=torch.int64),
-        torch.zeros(n_rows, width),
-        deduplicate=False,
+    groups = ungrouped_pairs(n_rows, width, scaled.device)
+    select_left, select_right = (
+        s.double() for s in pair_selectors(width, scaled.device)
     )
     W = torch.randn(t, k, dtype=torch.float64, requires_grad=True)
     b = torch.randn(t, dtype=torch.float64, requires_grad=True)
@@ -185,7 +186,13 @@ def test_attention_pooling_backward_matches_numerical_gradients(with_dropout):
     def pooled(scaled, W, b, query):
         return AttentionPooling.apply(scaled, pair_mask, groups, W, b, query, keep)
 
+    def pairwise_pooled(scaled, W, b, query):
+        return PairwiseAttentionPooling.apply(
+            scaled, pair_mask, select_left, select_right, W, b, query, keep
+        )
+
     assert torch.autograd.gradcheck(pooled, (scaled, W, b, query))
+    assert torch.autograd.gradcheck(pairwise_pooled, (scaled, W, b, query))
 
 
 def test_afm_started_from_an_fm_reproduces_it_on_rows_of_the_mean_width():
@@ -240,9 +247,14 @@ def test_training_steps_with_a_workspace_match_fresh_allocations():
 def test_grouping_identical_pairs_changes_neither_outputs_nor_gradients(monkeypatch):
     """The attention network runs once per distinct pair; the result is the same."""
     rng = np.random.RandomState(0)
-    X = sp.random(60, 12, density=0.4, random_state=rng, format="csr")
-    X.data = rng.choice([0.5, 1.0, 2.0], size=X.nnz)  # few distinct entries
-    batch = pad_rows(as_active_features(X), np.arange(60))
+    # 6 fields of 2 categories, values 1 or 2: pairs repeat. Some rows lack
+    # the last field, so batches are padded.
+    columns = 2 * np.arange(6) + rng.randint(0, 2, size=(60, 6))
+    dense = np.zeros((60, 12))
+    np.put_along_axis(dense, columns, rng.choice([1.0, 2.0], size=(60, 6)), axis=1)
+    short = rng.rand(60) < 0.3
+    dense[short, columns[short, 5]] = 0.0
+    batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(60))
     groups = skafm._network.group_pairs(batch.index, batch.value)
     n_pairs = batch.index.shape[1] * (batch.index.shape[1] - 1) // 2
     assert len(groups.left) < 0.5 * 60 * n_pairs  # grouping does happen
@@ -250,10 +262,11 @@ def test_grouping_identical_pairs_changes_neither_outputs_nor_gradients(monkeypa
     original = skafm._network.group_pairs
 
     def outputs_and_gradients(deduplicate):
+        # without groups, pairs are scored one by one (PairwiseAttentionPooling)
         monkeypatch.setattr(
             skafm._network,
             "group_pairs",
-            lambda index, value: original(index, value, deduplicate=deduplicate),
+            original if deduplicate else lambda index, value: None,
         )
         module = make_module(attention_dropout=0.3)
         module.train()
@@ -273,6 +286,22 @@ def test_real_valued_features_are_not_grouped():
     rng = np.random.RandomState(0)
     X = sp.random(20, 12, density=0.5, random_state=rng, format="csr")
     batch = pad_rows(as_active_features(X), np.arange(20))
-    groups = skafm._network.group_pairs(batch.index, batch.value)
-    n_occurrences = len(groups.inverse)
-    torch.testing.assert_close(groups.inverse, torch.arange(n_occurrences))
+    assert skafm._network.group_pairs(batch.index, batch.value) is None
+
+
+def test_pairs_of_large_fields_are_not_grouped():
+    """One-hot, 3 fields of 20 categories and 200 rows: entries repeat, pairs not."""
+    rng = np.random.RandomState(0)
+    columns = 20 * np.arange(3) + rng.randint(0, 20, size=(200, 3))
+    dense = np.zeros((200, 60))
+    np.put_along_axis(dense, columns, 1.0, axis=1)
+    batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(200))
+    entry_ids, n_entries = skafm._network.distinct_entries(batch.index, batch.value)
+    assert n_entries <= 60
+    # each of the 3 field pairs has at most 20 * 20 = 400 > 200 values: the
+    # bound rules grouping out without sorting the pairs
+    bound = skafm._network.most_pairs_distinct_bound(
+        entry_ids.view(batch.index.shape), n_entries
+    )
+    assert bound == 3 * 200
+    assert skafm._network.group_pairs(batch.index, batch.value) is None
