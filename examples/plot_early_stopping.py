@@ -26,6 +26,7 @@ X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0)
 # target; without early stopping it trains for all ``max_iter`` epochs.
 common = dict(
     init="random",  # one training phase, so that the curves show it all
+    average_window=None,  # predict with the last weights: early stopping alone
     dropout=0.0,
     alpha=0.0,
     n_factors=64,
