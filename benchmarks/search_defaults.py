@@ -13,6 +13,8 @@ import time
 import warnings
 from pathlib import Path
 
+from sklearn.metrics import roc_auc_score
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_accuracy import load_frappe, task_data, validation_loss  # noqa: E402
 
@@ -32,9 +34,11 @@ def main(argv=None):
             output = model.predict(X_val)
         else:
             output = model.predict_proba(X_val)[:, 1]
+        auc = roc_auc_score(y_val > 0, output)
         print(
             f"{params} validation {validation_loss(task, y_val, output):.4f} "
-            f"epochs {model.n_iter_} fit {time.perf_counter() - start:.0f} s",
+            f"AUC {auc:.4f} epochs {model.n_iter_} "
+            f"fit {time.perf_counter() - start:.0f} s",
             flush=True,
         )
 
