@@ -479,12 +479,12 @@ class AttentionPooling(torch.autograd.Function):
             W.t().expand(n_chunks, -1, -1),
             out=_new(workspace, "hidden", (n_chunks, PAIR_CHUNK, t), flat),
         ).relu_()
-        group_scores = torch.bmm(hidden, query.expand(n_chunks, -1, -1)).view(-1)
+        group_scores = pair_scores(hidden, query)
         scores = group_scores[groups.inverse].view(n_rows, -1)
         weights = masked_softmax(scores, pair_mask)
         used = weights if keep is None else weights * keep
         upper = upper_triangular(used, width)
-        pooled = (torch.bmm(upper, scaled) * scaled).sum(1)
+        pooled = weighted_pair_sum(upper, scaled)
         ctx.save_for_backward(scaled, upper, weights, keep, products, hidden, W, query)
         ctx.groups = groups
         ctx.workspace = workspace
@@ -580,17 +580,29 @@ class PairwiseAttentionPooling(torch.autograd.Function):
             scaled,
             out=_new(workspace, "right", shape, scaled),
         )
-        products = torch.mul(left, right, out=_new(workspace, "products", shape, left))
-        hidden = torch.baddbmm(
+        # the attention network runs on chunks of PAIR_CHUNK pairs, exactly
+        # as in AttentionPooling: a row's scores are then the same bits
+        # whichever path its batch takes
+        n_pairs = shape[0] * shape[1]
+        n_padded = n_pairs + (-n_pairs % PAIR_CHUNK)
+        n_chunks, t = n_padded // PAIR_CHUNK, W.shape[0]
+        padded = _new(workspace, "products", (n_padded, k), left)
+        padded[n_pairs:].zero_()
+        products = torch.mul(left, right, out=padded[:n_pairs].view(shape))
+        padded_hidden = torch.baddbmm(
             b,
-            products,
-            W.t().expand(n_rows, -1, -1),
-            out=_new(workspace, "hidden", (*shape[:2], W.shape[0]), products),
+            padded.view(n_chunks, PAIR_CHUNK, k),
+            W.t().expand(n_chunks, -1, -1),
+            out=_new(workspace, "hidden", (n_chunks, PAIR_CHUNK, t), padded),
         ).relu_()
-        scores = torch.bmm(hidden, query.expand(n_rows, -1, -1)).squeeze(-1)
+        padded_scores = pair_scores(padded_hidden, query)
+        scores = padded_scores[:n_pairs].view(shape[:2])
+        hidden = padded_hidden.view(-1, t)[:n_pairs].view(*shape[:2], t)
         weights = masked_softmax(scores, pair_mask)
         used = weights if keep is None else weights * keep
-        pooled = torch.bmm(used.unsqueeze(1), products).squeeze(1)
+        # the sum as AttentionPooling computes it: a row's output is then the
+        # same whichever path its batch takes
+        pooled = weighted_pair_sum(used, scaled)
         ctx.save_for_backward(
             left,
             right,
@@ -667,6 +679,26 @@ class PairwiseAttentionPooling(torch.autograd.Function):
             None,
             None,
         )
+
+
+def pair_scores(hidden, query):
+    """``h^T hidden`` for every pair, one matrix-vector product over all pairs.
+
+    A batched product per chunk would round differently with the number of
+    chunks; one product over the flat pairs does not depend on it.
+    """
+    return torch.mv(hidden.view(-1, hidden.shape[-1]), query.view(-1))
+
+
+def weighted_pair_sum(weights, scaled):
+    """``sum_{i<j} a_ij e_i * e_j`` per row, as ``sum_i e_i * (A e)_i``.
+
+    ``weights`` is A, the (rows, width, width) upper-triangular matrices, or
+    the (rows, pairs) weights they are built from.
+    """
+    if weights.dim() == 2:
+        weights = upper_triangular(weights, scaled.shape[1])
+    return (torch.bmm(weights, scaled) * scaled).sum(1)
 
 
 def upper_triangular(pair_values, width):

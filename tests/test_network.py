@@ -11,6 +11,7 @@ from skafm._network import (
     AttentionalFactorizationMachine,
     AttentionPooling,
     PairwiseAttentionPooling,
+    group_pairs,
     masked_softmax,
     pair_positions,
     pair_selectors,
@@ -305,3 +306,23 @@ def test_pairs_of_large_fields_are_not_grouped():
     )
     assert bound == 3 * 200
     assert skafm._network.group_pairs(batch.index, batch.value) is None
+
+
+@pytest.mark.parametrize("n_fields", [2, 3, 6])
+def test_row_output_is_the_same_on_the_grouped_and_the_pairwise_path(n_fields):
+    """In a batch, one-hot rows share pairs (grouped path); alone, they do not."""
+    rng = np.random.RandomState(n_fields)
+    columns = 10 * np.arange(n_fields) + rng.randint(0, 3, size=(200, n_fields))
+    dense = np.zeros((200, 60))
+    np.put_along_axis(dense, columns, 1.0, axis=1)
+    X = as_active_features(sp.csr_matrix(dense))
+    module = make_module(n_features=60)
+    together = pad_rows(X, np.arange(200))
+    assert group_pairs(together.index, together.value) is not None
+    with torch.no_grad():
+        joint = module(together.index, together.value, together.mask)
+        for row in range(0, 200, 9):
+            alone = pad_rows(X, np.array([row]))
+            assert group_pairs(alone.index, alone.value) is None
+            single = module(alone.index, alone.value, alone.mask)
+            assert torch.equal(single[0], joint[row])
