@@ -44,11 +44,12 @@ _PARAMETERS_TEMPLATE = """
         ``d = 1 - 1 / (average_window * steps_per_epoch)``). Predictions, the
         validation score and the weights kept by early stopping are those of
         the average: it smooths out the noise of the steps and shrinks rarely
-        seen features towards their start, and generalizes better than the
-        last weights. "auto" averages over 40 epochs when early stopping is on
-        (the validation score then decides how long to train) and not at all
-        otherwise, since after a fixed number of epochs a long average lags
-        behind. None or 0 predicts with the last weights. Training always
+        seen features towards their start. "auto": for the classifier, 40
+        epochs when early stopping is on (the validation score then decides
+        how long to train; after a fixed number of epochs a long average lags
+        behind), else none; for the regressor, none (the shrinkage cost more
+        than it gave on low-noise targets). None or 0 predicts with the last
+        weights. Training always
         continues from the last weights (``warm_start``, ``partial_fit``).
 
     optimizer : {"adam", "adagrad"}, default="adam"
@@ -478,6 +479,9 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
     >>> model.predict_proba(X[:3]).shape
     (3, 2)
     """
+
+    # Frappe's validation log-loss 0.2635 -> 0.2186 (benchmarks/README.md)
+    _auto_average_window = 40.0
 
     def __init__(
         self,

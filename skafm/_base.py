@@ -62,11 +62,6 @@ def average_decay(window, n_samples, batch_size):
     return 0.0 if steps <= 1.0 else 1.0 - 1.0 / steps
 
 
-# epochs averaged by average_window="auto" when early stopping is on; chosen on
-# Frappe's validation part (benchmarks/search_defaults.py)
-AUTO_AVERAGE_WINDOW = 40.0
-
-
 # as HistGradientBoosting: early_stopping="auto" turns it on above this size
 AUTO_EARLY_STOPPING_MIN_SAMPLES = 10_000
 
@@ -386,13 +381,17 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             self.best_validation_score_ = None
             self.best_loss_ = min(self.loss_curve_) if self.loss_curve_ else None
 
+    # epochs averaged by average_window="auto" with early stopping, None for
+    # no average; set by the regressor and the classifier
+    _auto_average_window = None
+
     def _average_window(self, early_stopping):
         if self.average_window != "auto":
             return self.average_window
         # the validation score tells how long to train for the average to be
         # good; without it, a fixed number of epochs leaves a long average
         # lagging behind the weights
-        return AUTO_AVERAGE_WINDOW if early_stopping else None
+        return self._auto_average_window if early_stopping else None
 
     def _early_stopping_enabled(self, n_samples, validation, incremental):
         if incremental:

@@ -133,13 +133,17 @@ def test_warm_start_turns_averaging_on_and_off(planted_regression):
     assert model.module_ is model._trainer.module
 
 
-def test_auto_window_averages_only_with_early_stopping(planted_regression):
-    X, y, _ = planted_regression
+def test_auto_window_averages_only_for_the_classifier_with_early_stopping(
+    planted_classification,
+):
+    X, y, _ = planted_classification
     X, y = X[:400], y[:400]
     params = dict(n_factors=8, attention_size=4, max_iter=3, random_state=0)
-    fixed_epochs = AFMRegressor(**params).fit(X, y)
+    fixed_epochs = AFMClassifier(**params).fit(X, y)
     assert fixed_epochs._trainer.average is None
-    stopped = AFMRegressor(early_stopping=True, validation_fraction=0.25, **params)
+    stopped = AFMClassifier(early_stopping=True, validation_fraction=0.25, **params)
     stopped.fit(X, y)
     # 300 training rows in batches of 256: 2 steps per epoch, 40 epochs
     assert stopped._trainer.average.decay == pytest.approx(1 - 1 / 80)
+    regressor = AFMRegressor(early_stopping=True, validation_fraction=0.25, **params)
+    assert regressor.fit(X, y)._trainer.average is None
