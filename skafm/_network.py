@@ -462,10 +462,8 @@ class AttentionPooling(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scaled, pair_mask, groups, W, b, query, keep, workspace=None):
         n_rows, width, k = scaled.shape
-        t = W.shape[0]
         flat = scaled.reshape(-1, k)
         n_padded = groups.left.shape[0]
-        n_chunks = n_padded // PAIR_CHUNK
         products = torch.index_select(
             flat, 0, groups.left, out=_new(workspace, "products", (n_padded, k), flat)
         )
@@ -473,13 +471,9 @@ class AttentionPooling(torch.autograd.Function):
             flat, 0, groups.right, out=_new(workspace, "right", (n_padded, k), flat)
         )
         products.mul_(right)
-        hidden = torch.baddbmm(
-            b,
-            products.view(n_chunks, PAIR_CHUNK, k),
-            W.t().expand(n_chunks, -1, -1),
-            out=_new(workspace, "hidden", (n_chunks, PAIR_CHUNK, t), flat),
-        ).relu_()
-        group_scores = pair_scores(hidden, query)
+        hidden, group_scores = chunked_attention_network(
+            products, W, b, query, workspace
+        )
         scores = group_scores[groups.inverse].view(n_rows, -1)
         weights = masked_softmax(scores, pair_mask)
         used = weights if keep is None else weights * keep
@@ -580,22 +574,17 @@ class PairwiseAttentionPooling(torch.autograd.Function):
             scaled,
             out=_new(workspace, "right", shape, scaled),
         )
-        # the attention network runs on chunks of PAIR_CHUNK pairs, exactly
-        # as in AttentionPooling: a row's scores are then the same bits
-        # whichever path its batch takes
+        # padded to whole chunks for the attention network AttentionPooling
+        # shares, so a row's scores are the same bits on either path
         n_pairs = shape[0] * shape[1]
         n_padded = n_pairs + (-n_pairs % PAIR_CHUNK)
-        n_chunks, t = n_padded // PAIR_CHUNK, W.shape[0]
+        t = W.shape[0]
         padded = _new(workspace, "products", (n_padded, k), left)
         padded[n_pairs:].zero_()
         products = torch.mul(left, right, out=padded[:n_pairs].view(shape))
-        padded_hidden = torch.baddbmm(
-            b,
-            padded.view(n_chunks, PAIR_CHUNK, k),
-            W.t().expand(n_chunks, -1, -1),
-            out=_new(workspace, "hidden", (n_chunks, PAIR_CHUNK, t), padded),
-        ).relu_()
-        padded_scores = pair_scores(padded_hidden, query)
+        padded_hidden, padded_scores = chunked_attention_network(
+            padded, W, b, query, workspace
+        )
         scores = padded_scores[:n_pairs].view(shape[:2])
         hidden = padded_hidden.view(-1, t)[:n_pairs].view(*shape[:2], t)
         weights = masked_softmax(scores, pair_mask)
@@ -681,13 +670,30 @@ class PairwiseAttentionPooling(torch.autograd.Function):
         )
 
 
-def pair_scores(hidden, query):
-    """``h^T hidden`` for every pair, one matrix-vector product over all pairs.
+def chunked_attention_network(products, W, b, query, workspace):
+    """Hidden units and score of every pair: ``h^T ReLU(W p + b)``.
 
-    A batched product per chunk would round differently with the number of
-    chunks; one product over the flat pairs does not depend on it.
+    ``products`` holds a whole number of ``PAIR_CHUNK``-row chunks. Both
+    pooling paths call this, so a pair's score is the same bits whichever
+    path its batch takes: the hidden layer is one product per fixed-size
+    chunk, and the scores one matrix-vector product over all pairs (a
+    batched product per chunk would round differently with the number of
+    chunks).
+
+    Returns
+    -------
+    hidden : Tensor of shape (n_chunks, PAIR_CHUNK, t)
+    scores : Tensor of shape (n_chunks * PAIR_CHUNK,)
     """
-    return torch.mv(hidden.view(-1, hidden.shape[-1]), query.view(-1))
+    k, t = products.shape[-1], W.shape[0]
+    n_chunks = products.numel() // (PAIR_CHUNK * k)
+    hidden = torch.baddbmm(
+        b,
+        products.view(n_chunks, PAIR_CHUNK, k),
+        W.t().expand(n_chunks, -1, -1),
+        out=_new(workspace, "hidden", (n_chunks, PAIR_CHUNK, t), products),
+    ).relu_()
+    return hidden, torch.mv(hidden.view(-1, t), query.view(-1))
 
 
 def weighted_pair_sum(weights, scaled):
