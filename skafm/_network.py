@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._sorting import distinct_values, unique_groups
+
 EMBEDDING_INIT_STD = 0.01
 
 
@@ -367,17 +369,9 @@ def group_pairs(index, value):
         return None
     occurrence_left, occurrence_right = pair_occurrences(n_rows, width, index.device)
     pair_keys = entry_ids[occurrence_left] * n_entries + entry_ids[occurrence_right]
-    _, inverse = torch.unique(pair_keys, return_inverse=True)
-    n_occurrences = len(inverse)
-    n_groups = int(inverse.max()) + 1 if n_occurrences else 0
-    if n_groups > MAX_GROUP_FRACTION * n_occurrences:
+    _, inverse, first = unique_groups(pair_keys)
+    if len(first) > MAX_GROUP_FRACTION * len(inverse):
         return None
-    # the first occurrence of each group: deterministic on every device
-    first = torch.full(
-        (n_groups,), n_occurrences, dtype=torch.int64, device=index.device
-    ).scatter_reduce_(
-        0, inverse, torch.arange(n_occurrences, device=index.device), "amin"
-    )
     return PairGroups(
         inverse, *padded_positions(first, occurrence_left, occurrence_right)
     )
@@ -393,7 +387,7 @@ def most_pairs_distinct_bound(entry_ids, n_entries):
     """
     n_rows, width = entry_ids.shape
     positions = torch.arange(width, device=entry_ids.device)
-    distinct = torch.unique((positions * n_entries + entry_ids).view(-1))
+    distinct = distinct_values(positions * n_entries + entry_ids)
     per_position = torch.bincount(distinct // n_entries, minlength=width)
     left, right = pair_positions(width, entry_ids.device)
     return int(torch.clamp(per_position[left] * per_position[right], max=n_rows).sum())
@@ -432,11 +426,11 @@ def distinct_entries(index, value):
         bits = value.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
         keys = index * (1 << 32) + bits
     else:
-        _, feature_ids = torch.unique(index, return_inverse=True)
+        _, feature_ids, _ = unique_groups(index)
         values, value_ids = torch.unique(value, return_inverse=True)
-        keys = feature_ids * len(values) + value_ids
-    _, entry_ids = torch.unique(keys.reshape(-1), return_inverse=True)
-    return entry_ids, int(entry_ids.max()) + 1
+        keys = feature_ids * len(values) + value_ids.reshape(-1)
+    _, entry_ids, first = unique_groups(keys)
+    return entry_ids, len(first)
 
 
 class AttentionPooling(torch.autograd.Function):

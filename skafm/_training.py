@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from ._averaging import WeightAverage
 from ._batching import iter_row_batches, pad_rows, row_widths
 from ._network import PairWorkspace
+from ._optim import LazyAdam
 from ._progress import progress_bar
+from ._sorting import distinct_values
 
 # Floats in one (pairs, max(n_factors, attention_size)) intermediate at
 # predict time, before identical pairs are grouped: 16 MB. Larger chunks hold
@@ -124,7 +126,7 @@ def make_optimizers(module, name, learning_rate):
     if name == "adagrad":
         return [torch.optim.Adagrad(sparse + dense, lr=learning_rate)]
     return [
-        torch.optim.SparseAdam(sparse, lr=learning_rate),
+        LazyAdam(sparse, lr=learning_rate),
         torch.optim.Adam(dense, lr=learning_rate),
     ]
 
@@ -258,7 +260,7 @@ class Trainer:
         """One optimizer step; ``touched`` holds the feature indices of the batch."""
         rows = None
         if self.average is not None:
-            rows = torch.unique(torch.cat(touched))
+            rows = distinct_values(torch.cat(touched))
             self.average.before_step(rows)
         # sparse updates build tensors from valid indices by construction;
         # opting out of checks explicitly also stops torch from warning that

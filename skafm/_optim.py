@@ -1,0 +1,84 @@
+"""Optimizers for the feature tables, whose gradients are sparse.
+
+A batch touches a few thousand rows of tables that may hold millions. These
+optimizers update only those rows (the "lazy" sparse updates of
+``torch.optim.SparseAdam``), with the same arithmetic, but read the
+uncoalesced gradient directly: one sort finds the batch's distinct rows, and
+every other pass runs on dense (rows, k) matrices. ``SparseAdam`` coalesces
+the gradient with torch's comparison sort and then goes through several
+sparse-tensor operations, each a pass with its own bookkeeping: on
+Frappe-sized batches these cost more than the arithmetic.
+"""
+
+import math
+
+import torch
+
+from ._sorting import unique_groups
+
+
+def summed_rows(grad):
+    """The rows a sparse gradient touches and its values summed per row.
+
+    Returns ``(rows, values)``: sorted distinct row numbers and the
+    (n_rows, ...) sum of the gradient's entries for each.
+    """
+    indices, values = grad._indices()[0], grad._values()
+    if grad.is_coalesced():
+        return indices, values
+    rows, inverse, _ = unique_groups(indices)
+    summed = values.new_zeros((len(rows), *values.shape[1:]))
+    return rows, summed.index_add_(0, inverse, values)
+
+
+class LazyAdam(torch.optim.Optimizer):
+    """Adam for parameters with sparse gradients, updating the touched rows only.
+
+    The update of ``torch.optim.SparseAdam``: the moments of a row decay only
+    at the steps that touch it, and the bias correction counts every step.
+
+    Parameters
+    ----------
+    params : iterable of Tensor
+        Parameters whose gradients are sparse COO tensors over their first
+        dimension (``F.embedding(..., sparse=True)``).
+    lr : float, default=1e-3
+    betas : tuple of float, default=(0.9, 0.999)
+    eps : float, default=1e-8
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if not param.grad.is_sparse:
+                    raise RuntimeError("LazyAdam expects sparse gradients.")
+                rows, grad = summed_rows(param.grad)
+                if len(rows) == 0:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                exp_avg = state["exp_avg"][rows].lerp_(grad, 1 - beta1)
+                exp_avg_sq = state["exp_avg_sq"][rows].mul_(beta2)
+                exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
+                state["exp_avg"][rows] = exp_avg
+                state["exp_avg_sq"][rows] = exp_avg_sq
+                step = state["step"]
+                step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+                update = exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"]))
+                param.index_add_(0, rows, update, alpha=-step_size)
+        return loss

@@ -1,0 +1,43 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from skafm._optim import LazyAdam
+
+
+def train(optimizer_class, batches, lr=1e-2):
+    torch.manual_seed(0)
+    embedding = torch.nn.Parameter(torch.randn(50, 4))
+    linear = torch.nn.Parameter(torch.randn(50, 1))
+    optimizer = optimizer_class([embedding, linear], lr=lr)
+    for index in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss = (F.embedding(index, embedding, sparse=True) * 1.5).sin().sum()
+        loss = loss + F.embedding(index, linear, sparse=True).square().sum()
+        loss.backward()
+        optimizer.step()
+    return embedding.detach(), linear.detach(), optimizer
+
+
+@pytest.mark.parametrize("repeated", [False, True])
+def test_lazy_adam_follows_sparse_adam(repeated):
+    generator = torch.Generator().manual_seed(1)
+    # rows 40-49 are never touched; repeated indices sum their gradients
+    high = 10 if repeated else 40
+    batches = [torch.randint(0, high, (8, 3), generator=generator) for _ in range(30)]
+    ours = train(LazyAdam, batches)
+    torch_s = train(torch.optim.SparseAdam, batches)
+    torch.testing.assert_close(ours[0], torch_s[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours[1], torch_s[1], rtol=1e-5, atol=1e-6)
+    untouched = train(LazyAdam, [])[0]
+    assert torch.equal(ours[0][40:], untouched[40:])
+    state = ours[2].state[ours[2].param_groups[0]["params"][0]]
+    assert state["step"] == 30
+    assert torch.count_nonzero(state["exp_avg"][40:]) == 0
+
+
+def test_lazy_adam_refuses_dense_gradients():
+    weight = torch.nn.Parameter(torch.ones(3, 2))
+    weight.sum().backward()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        LazyAdam([weight]).step()

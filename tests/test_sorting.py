@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+import torch
+
+from skafm._sorting import _unique_groups_torch, distinct_values, unique_groups
+
+
+@pytest.mark.parametrize(
+    "n, high",
+    [
+        (1, 5),
+        (100, 3),  # many repeats
+        (5000, 5382),  # a Frappe batch's table rows
+        (23040, 4_000_000),  # a batch's pair keys: packed with positions
+        (3000, 2**62),  # too wide to pack: argsort and a reduction
+    ],
+)
+def test_unique_groups_equals_torch_unique(n, high):
+    keys = torch.randint(0, high, (n,), generator=torch.Generator().manual_seed(n))
+    values, inverse, first = unique_groups(keys)
+    expected = _unique_groups_torch(keys)
+    for got, want in zip((values, inverse, first), expected, strict=True):
+        assert torch.equal(got, want)
+    assert torch.equal(values[inverse], keys)
+    # the first occurrence is the lowest position holding the value
+    assert torch.equal(keys[first], values)
+    for group in range(len(values)):
+        positions = torch.nonzero(inverse == group).view(-1)
+        assert first[group] == positions.min()
+        if group > 20:
+            break
+
+
+def test_unique_groups_reads_any_shape_and_negative_keys():
+    keys = torch.tensor([[3, -7, 3], [-7, 0, 3]])
+    values, inverse, first = unique_groups(keys)
+    assert values.tolist() == [-7, 0, 3]
+    assert inverse.tolist() == [2, 0, 2, 0, 1, 2]
+    assert first.tolist() == [1, 4, 0]
+
+
+def test_unique_groups_of_nothing():
+    values, inverse, first = unique_groups(torch.empty(0, dtype=torch.int64))
+    assert len(values) == len(inverse) == len(first) == 0
+
+
+def test_distinct_values_equals_torch_unique():
+    keys = torch.from_numpy(np.random.default_rng(0).integers(0, 50, (7, 30)))
+    assert torch.equal(distinct_values(keys), torch.unique(keys))
+    assert len(distinct_values(keys[:0])) == 0
