@@ -367,14 +367,14 @@ def group_pairs(index, value):
         MAX_GROUPING_BOUND_FRACTION * n_pairs
     ):
         return None
-    occurrence_left, occurrence_right = pair_occurrences(n_rows, width, index.device)
-    pair_keys = entry_ids[occurrence_left] * n_entries + entry_ids[occurrence_right]
+    left, right = pair_positions(width, index.device)
+    rows_entries = entry_ids.view(n_rows, width)
+    pair_keys = rows_entries.index_select(1, left) * n_entries
+    pair_keys += rows_entries.index_select(1, right)
     _, inverse, first = unique_groups(pair_keys)
     if len(first) > MAX_GROUP_FRACTION * len(inverse):
         return None
-    return PairGroups(
-        inverse, *padded_positions(first, occurrence_left, occurrence_right)
-    )
+    return PairGroups(inverse, *occurrence_positions(first, width))
 
 
 def most_pairs_distinct_bound(entry_ids, n_entries):
@@ -395,26 +395,24 @@ def most_pairs_distinct_bound(entry_ids, n_entries):
 
 def ungrouped_pairs(n_rows, width, device):
     """Every pair occurrence its own group."""
-    occurrence_left, occurrence_right = pair_occurrences(n_rows, width, device)
-    inverse = torch.arange(len(occurrence_left), device=device)
-    return PairGroups(
-        inverse, *padded_positions(inverse, occurrence_left, occurrence_right)
-    )
+    n_occurrences = n_rows * (width * (width - 1) // 2)
+    inverse = torch.arange(n_occurrences, device=device)
+    return PairGroups(inverse, *occurrence_positions(inverse, width))
 
 
-def pair_occurrences(n_rows, width, device):
-    """Flat entry positions of the two features of every pair, row after row."""
-    left, right = pair_positions(width, device)
-    entries = torch.arange(n_rows * width, device=device).view(n_rows, width)
-    return entries[:, left].reshape(-1), entries[:, right].reshape(-1)
+def occurrence_positions(occurrences, width):
+    """Flat entry positions of the two features of given pair occurrences.
 
-
-def padded_positions(first, occurrence_left, occurrence_right):
-    """Positions of each group's features, padded to whole chunks with entry 0."""
-    first = F.pad(first, (0, -len(first) % PAIR_CHUNK))
-    if len(occurrence_left) == 0:
-        return first, first
-    return occurrence_left[first], occurrence_right[first]
+    Occurrence ``o`` is pair ``o % n_pairs`` of row ``o // n_pairs``. The
+    result is padded to whole ``PAIR_CHUNK`` chunks with entry 0.
+    """
+    left, right = pair_positions(width, occurrences.device)
+    occurrences = F.pad(occurrences, (0, -len(occurrences) % PAIR_CHUNK))
+    if len(left) == 0:
+        return occurrences, occurrences
+    row_start = torch.div(occurrences, len(left), rounding_mode="floor") * width
+    pair = occurrences % len(left)
+    return row_start + left[pair], row_start + right[pair]
 
 
 def distinct_entries(index, value):

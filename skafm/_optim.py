@@ -17,18 +17,38 @@ import torch
 from ._sorting import unique_groups
 
 
-def summed_rows(grad):
+def summed_rows(grad, grouping=None):
     """The rows a sparse gradient touches and its values summed per row.
 
-    Returns ``(rows, values)``: sorted distinct row numbers and the
-    (n_rows, ...) sum of the gradient's entries for each.
+    Parameters
+    ----------
+    grad : sparse COO Tensor
+    grouping : tuple, default=None
+        ``(indices, rows, inverse)`` of a gradient summed before: reused when
+        ``grad`` has the same indices (the tables a batch looks up together).
+
+    Returns
+    -------
+    rows : Tensor
+        Sorted distinct row numbers.
+    values : Tensor
+        The (n_rows, ...) sum of the gradient's entries for each row.
+    grouping : tuple or None
+        What to pass for the next gradient.
     """
     indices, values = grad._indices()[0], grad._values()
     if grad.is_coalesced():
-        return indices, values
-    rows, inverse, _ = unique_groups(indices)
+        return indices, values, None
+    if grouping is None or not _same_indices(grouping[0], indices):
+        rows, inverse, _ = unique_groups(indices)
+        grouping = (indices, rows, inverse)
+    _, rows, inverse = grouping
     summed = values.new_zeros((len(rows), *values.shape[1:]))
-    return rows, summed.index_add_(0, inverse, values)
+    return rows, summed.index_add_(0, inverse, values), grouping
+
+
+def _same_indices(a, b):
+    return a.shape == b.shape and a.device == b.device and torch.equal(a, b)
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -56,6 +76,7 @@ class LazyAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        grouping = None
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for param in group["params"]:
@@ -63,7 +84,7 @@ class LazyAdam(torch.optim.Optimizer):
                     continue
                 if not param.grad.is_sparse:
                     raise RuntimeError("LazyAdam expects sparse gradients.")
-                rows, grad = summed_rows(param.grad)
+                rows, grad, grouping = summed_rows(param.grad, grouping)
                 if len(rows) == 0:
                     continue
                 state = self.state[param]

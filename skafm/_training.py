@@ -127,7 +127,8 @@ def make_optimizers(module, name, learning_rate):
         return [torch.optim.Adagrad(sparse + dense, lr=learning_rate)]
     return [
         LazyAdam(sparse, lr=learning_rate),
-        torch.optim.Adam(dense, lr=learning_rate),
+        # one fused kernel for all the small dense parameters
+        torch.optim.Adam(dense, lr=learning_rate, fused=True),
     ]
 
 
@@ -230,12 +231,8 @@ class Trainer:
                 for position, part in enumerate(parts):
                     batch = pad_rows(data.X_csr, part).to(self.device)
                     part_t = torch.from_numpy(part).to(self.device)
-                    output, squared_norm = module.forward_with_penalty(
-                        batch.index, batch.value, batch.mask, generator, workspace
-                    )
-                    sample_objective = (
-                        per_sample_loss(config.loss, output, data.target[part_t])
-                        + config.alpha * squared_norm
+                    sample_objective = self._sample_objective(
+                        batch, data.target[part_t], generator, workspace
                     )
                     weighted_sum = (data.weight[part_t] * sample_objective).sum()
                     objective = weighted_sum / len(rows)
@@ -255,6 +252,16 @@ class Trainer:
             if self.average is not None:
                 self.average.sync()
         return total.item()
+
+    def _sample_objective(self, batch, target, generator, workspace):
+        """Each row's loss plus its L2 penalty."""
+        module, config = self.module, self.config
+        args = (batch.index, batch.value, batch.mask, generator, workspace)
+        if config.alpha == 0.0:
+            return per_sample_loss(config.loss, module(*args), target)
+        output, squared_norm = module.forward_with_penalty(*args)
+        loss = per_sample_loss(config.loss, output, target)
+        return loss + config.alpha * squared_norm
 
     def _step(self, touched):
         """One optimizer step; ``touched`` holds the feature indices of the batch."""

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from skafm._optim import LazyAdam
 
 
-def train(optimizer_class, batches, lr=1e-2):
+def train(optimizer_class, batches, lr=1e-2, shift=0):
     torch.manual_seed(0)
     embedding = torch.nn.Parameter(torch.randn(50, 4))
     linear = torch.nn.Parameter(torch.randn(50, 1))
@@ -13,10 +13,21 @@ def train(optimizer_class, batches, lr=1e-2):
     for index in batches:
         optimizer.zero_grad(set_to_none=True)
         loss = (F.embedding(index, embedding, sparse=True) * 1.5).sin().sum()
-        loss = loss + F.embedding(index, linear, sparse=True).square().sum()
+        # shift != 0: the two tables touch different rows
+        linear_rows = (index + shift) % 50
+        loss = loss + F.embedding(linear_rows, linear, sparse=True).square().sum()
         loss.backward()
         optimizer.step()
     return embedding.detach(), linear.detach(), optimizer
+
+
+@pytest.mark.parametrize("shift", [0, 7])
+def test_lazy_adam_groups_each_table_by_its_own_rows(shift):
+    generator = torch.Generator().manual_seed(2)
+    batches = [torch.randint(0, 20, (8, 3), generator=generator) for _ in range(10)]
+    ours = train(LazyAdam, batches, shift=shift)
+    theirs = train(torch.optim.SparseAdam, batches, shift=shift)
+    torch.testing.assert_close(ours[1], theirs[1], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("repeated", [False, True])
