@@ -412,7 +412,9 @@ def occurrence_positions(occurrences, width):
         return occurrences, occurrences
     row_start = torch.div(occurrences, len(left), rounding_mode="floor") * width
     pair = occurrences % len(left)
-    return row_start + left[pair], row_start + right[pair]
+    return row_start + left.index_select(0, pair), row_start + right.index_select(
+        0, pair
+    )
 
 
 def distinct_entries(index, value):
@@ -466,7 +468,7 @@ class AttentionPooling(torch.autograd.Function):
         hidden, group_scores = chunked_attention_network(
             products, W, b, query, workspace
         )
-        scores = group_scores[groups.inverse].view(n_rows, -1)
+        scores = group_scores.index_select(0, groups.inverse).view(n_rows, -1)
         weights = masked_softmax(scores, pair_mask)
         used = weights if keep is None else weights * keep
         upper = upper_triangular(used, width)

@@ -93,13 +93,17 @@ class LazyAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
                 state["step"] += 1
-                exp_avg = state["exp_avg"][rows].lerp_(grad, 1 - beta1)
-                exp_avg_sq = state["exp_avg_sq"][rows].mul_(beta2)
+                # index_select and index_copy_: the fastest row gather and
+                # scatter on the CPU (several times faster than tensor[rows])
+                exp_avg = state["exp_avg"].index_select(0, rows)
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2)
                 exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
-                state["exp_avg"][rows] = exp_avg
-                state["exp_avg_sq"][rows] = exp_avg_sq
+                state["exp_avg"].index_copy_(0, rows, exp_avg)
+                state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
                 step = state["step"]
                 step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
                 update = exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"]))
-                param.index_add_(0, rows, update, alpha=-step_size)
+                updated = param.index_select(0, rows).sub_(update, alpha=step_size)
+                param.index_copy_(0, rows, updated)
         return loss
