@@ -123,10 +123,10 @@ class AttentionalFactorizationMachine(nn.Module):
         ``workspace``, a :class:`PairWorkspace` owned by the caller, lends the
         large per-pair buffers; a caller must not share one between threads.
         """
-        embedded, linear_weights = self._lookup(index)
-        return self._output(
-            embedded, linear_weights, index, value, mask, generator, workspace
+        scaled, linear = FeatureLookup.apply(
+            index, value, mask, self.embedding, self.linear, False
         )
+        return self._output(scaled, linear, index, value, mask, generator, workspace)
 
     def forward_with_penalty(self, index, value, mask, generator=None, workspace=None):
         """Raw outputs and each row's squared norm of its active parameters.
@@ -135,28 +135,13 @@ class AttentionalFactorizationMachine(nn.Module):
         is the lazy L2 penalty used in training: only parameters the row
         touches are regularised, so a step costs nothing per unseen feature.
         """
-        embedded, linear_weights = self._lookup(index)
-        output = self._output(
-            embedded, linear_weights, index, value, mask, generator, workspace
+        scaled, linear, squared_norm = FeatureLookup.apply(
+            index, value, mask, self.embedding, self.linear, True
         )
-        active = mask.unsqueeze(-1)
-        squared_norm = (embedded.square() * active).sum((1, 2)) + (
-            linear_weights.square() * active
-        ).sum((1, 2))
+        output = self._output(scaled, linear, index, value, mask, generator, workspace)
         return output, squared_norm
 
-    def _lookup(self, index):
-        # sparse gradients: a step touches only the rows of the batch's features
-        return (
-            F.embedding(index, self.embedding, sparse=True),
-            F.embedding(index, self.linear, sparse=True),
-        )
-
-    def _output(
-        self, embedded, linear_weights, index, value, mask, generator, workspace
-    ):
-        scaled = embedded * value.unsqueeze(-1)
-        linear = torch.bmm(value.unsqueeze(1), linear_weights).squeeze(1)
+    def _output(self, scaled, linear, index, value, mask, generator, workspace):
         if self.attention:
             groups = group_pairs(index, value)
             pooled = self._attention_pooling(scaled, mask, groups, generator, workspace)
@@ -191,7 +176,7 @@ class AttentionalFactorizationMachine(nn.Module):
         linear = torch.bmm(value.unsqueeze(1), linear_weights).squeeze(1)
         left, right = pair_positions(scaled.shape[1], scaled.device)
         products = scaled[:, left] * scaled[:, right]
-        pair_mask = mask[:, left] & mask[:, right]
+        pair_mask = pairs_of(mask)
         if self.attention:
             weights = masked_softmax(self._attention_scores(products), pair_mask)
         else:
@@ -200,8 +185,7 @@ class AttentionalFactorizationMachine(nn.Module):
         return linear, weights, contributions, left, right
 
     def _attention_pooling(self, scaled, mask, groups, generator, workspace):
-        left, right = pair_positions(scaled.shape[1], scaled.device)
-        pair_mask = mask[:, left] & mask[:, right]
+        pair_mask = pairs_of(mask)
         keep = None
         if self.training and self.attention_dropout > 0.0:
             keep = self._dropout(
@@ -270,6 +254,61 @@ class AttentionalFactorizationMachine(nn.Module):
         # training reproducible without touching the user's global state.
         keep = torch.rand(x.shape, generator=generator, device=x.device) >= rate
         return x * keep / (1.0 - rate)
+
+
+class FeatureLookup(torch.autograd.Function):
+    """The rows' value-scaled embeddings and linear terms, in one autograd node.
+
+    Forward: ``scaled = v[index] * x``, ``linear = sum_i w[index_i] x_i`` per row
+    and, on request, each row's ``sum_i |v_i|^2 + |w_i|^2`` over its active
+    entries (the lazy L2 penalty). Backward: sparse gradients for both tables
+    that share one index tensor, so the optimizer groups the batch's rows
+    once for the two. The same values as ``F.embedding(..., sparse=True)``
+    followed by the products, with fewer passes and autograd nodes.
+    """
+
+    @staticmethod
+    def forward(ctx, index, value, mask, embedding, linear, with_penalty):
+        flat = index.reshape(-1)
+        rows = embedding.index_select(0, flat).view(*index.shape, embedding.shape[1])
+        linear_rows = linear.index_select(0, flat).view(*index.shape, linear.shape[1])
+        scaled = rows * value.unsqueeze(-1)
+        linear_term = torch.bmm(value.unsqueeze(1), linear_rows).squeeze(1)
+        ctx.with_penalty = with_penalty
+        ctx.table_rows = (embedding.shape[0], linear.shape[0])
+        if not with_penalty:
+            ctx.save_for_backward(flat, value)
+            return scaled, linear_term
+        active = mask.unsqueeze(-1)
+        squared_norm = (rows.square() * active).sum((1, 2)) + (
+            linear_rows.square() * active
+        ).sum((1, 2))
+        ctx.save_for_backward(flat, value, mask, rows, linear_rows)
+        return scaled, linear_term, squared_norm
+
+    @staticmethod
+    def backward(ctx, grad_scaled, grad_linear, grad_norm=None):
+        flat, value, *penalty_inputs = ctx.saved_tensors
+        grad_rows = grad_scaled * value.unsqueeze(-1)
+        grad_linear_rows = value.unsqueeze(-1) * grad_linear.unsqueeze(1)
+        if ctx.with_penalty and grad_norm is not None:
+            mask, rows, linear_rows = penalty_inputs
+            weight = (2.0 * grad_norm.view(-1, 1) * mask).unsqueeze(-1)
+            grad_rows.addcmul_(rows, weight)
+            grad_linear_rows.addcmul_(linear_rows, weight)
+        indices = flat.unsqueeze(0)
+        n_embedding_rows, n_linear_rows = ctx.table_rows
+        grad_embedding = _sparse_rows(indices, grad_rows, n_embedding_rows)
+        grad_linear_table = _sparse_rows(indices, grad_linear_rows, n_linear_rows)
+        return None, None, None, grad_embedding, grad_linear_table, None
+
+
+def _sparse_rows(indices, values, n_rows):
+    """An uncoalesced sparse gradient of a table from per-entry rows."""
+    values = values.reshape(indices.shape[1], values.shape[-1])
+    return torch.sparse_coo_tensor(
+        indices, values, (n_rows, values.shape[1]), check_invariants=False
+    )
 
 
 class PairWorkspace:
@@ -484,12 +523,11 @@ class AttentionPooling(torch.autograd.Function):
         groups, workspace = ctx.groups, ctx.workspace
         n_rows, width, k = scaled.shape
         t = W.shape[0]
-        left, right = pair_positions(width, scaled.device)
         # the weighted sum: d/de_i = (sum_j a_ij e_j) * g and d/da_ij = <e_i * e_j, g>
         grad_scaled = torch.bmm(upper + upper.transpose(1, 2), scaled)
         grad_scaled *= grad_pooled.unsqueeze(1)
         pair_dots = torch.bmm(scaled * grad_pooled.unsqueeze(1), scaled.transpose(1, 2))
-        grad_used = pair_dots[:, left, right]
+        grad_used = upper_entries(pair_dots)
         grad_weights = grad_used if keep is None else grad_used * keep
         # softmax backward; masked pairs have weight 0 and get no gradient
         grad_scores = weights * (
@@ -703,10 +741,24 @@ def weighted_pair_sum(weights, scaled):
 
 def upper_triangular(pair_values, width):
     """Per row, a (width, width) matrix holding the pair values above the diagonal."""
-    left, right = pair_positions(width, pair_values.device)
-    matrix = pair_values.new_zeros(pair_values.shape[0], width, width)
-    matrix[:, left, right] = pair_values
-    return matrix
+    n_rows = pair_values.shape[0]
+    matrix = pair_values.new_zeros(n_rows, width * width)
+    matrix.index_copy_(1, upper_positions(width, pair_values.device), pair_values)
+    return matrix.view(n_rows, width, width)
+
+
+def upper_entries(matrices):
+    """The (rows, pairs) entries above the diagonal of (rows, width, width) matrices."""
+    n_rows, width, _ = matrices.shape
+    flat = matrices.reshape(n_rows, width * width)
+    return flat.index_select(1, upper_positions(width, matrices.device))
+
+
+def pairs_of(mask):
+    """(rows, pairs) mask of the pairs whose two entries are both active."""
+    left, right = pair_positions(mask.shape[1], mask.device)
+    # index_select: several times faster than mask[:, left] on the CPU
+    return mask.index_select(1, left) & mask.index_select(1, right)
 
 
 def per_row_matmul(x, weight):
@@ -748,6 +800,14 @@ def pair_selectors(width, device):
     with torch.inference_mode(False):
         eye = torch.eye(width, device=device)
         return eye[left].contiguous(), eye[right].contiguous()
+
+
+@functools.lru_cache(maxsize=256)
+def upper_positions(width, device):
+    """Flat positions ``l * width + r`` of the pairs in a (width, width) matrix."""
+    left, right = pair_positions(width, device)
+    with torch.inference_mode(False):
+        return left * width + right
 
 
 @functools.lru_cache(maxsize=256)

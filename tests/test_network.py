@@ -326,3 +326,44 @@ def test_row_output_is_the_same_on_the_grouped_and_the_pairwise_path(n_fields):
             assert group_pairs(alone.index, alone.value) is None
             single = module(alone.index, alone.value, alone.mask)
             assert torch.equal(single[0], joint[row])
+
+
+@pytest.mark.parametrize("n_outputs", [1, 3])
+def test_feature_lookup_matches_embedding_lookups(n_outputs):
+    # the fused lookup against F.embedding with sparse gradients and products
+    generator = torch.Generator().manual_seed(3)
+    index = torch.randint(0, 9, (5, 4), generator=generator)
+    value = torch.randn(5, 4, generator=generator)
+    mask = torch.rand(5, 4, generator=generator) > 0.3
+    value = value * mask
+    weights = [torch.randn(5, generator=generator) for _ in range(3)]
+
+    def run(fused):
+        embedding = torch.randn(9, 6, generator=torch.Generator().manual_seed(4))
+        linear = torch.randn(9, n_outputs, generator=torch.Generator().manual_seed(5))
+        embedding.requires_grad_(True)
+        linear.requires_grad_(True)
+        if fused:
+            scaled, term, norm = skafm._network.FeatureLookup.apply(
+                index, value, mask, embedding, linear, True
+            )
+        else:
+            rows = torch.nn.functional.embedding(index, embedding, sparse=True)
+            linear_rows = torch.nn.functional.embedding(index, linear, sparse=True)
+            scaled = rows * value.unsqueeze(-1)
+            term = torch.bmm(value.unsqueeze(1), linear_rows).squeeze(1)
+            active = mask.unsqueeze(-1)
+            norm = (rows.square() * active).sum((1, 2)) + (
+                linear_rows.square() * active
+            ).sum((1, 2))
+        objective = (
+            (scaled.sum(-1).sum(-1) * weights[0]).sum()
+            + (term.sum(-1) * weights[1]).sum()
+            + (norm * weights[2]).sum()
+        )
+        objective.backward()
+        assert embedding.grad.is_sparse and linear.grad.is_sparse
+        return [scaled, term, norm, embedding.grad.to_dense(), linear.grad.to_dense()]
+
+    for got, want in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
