@@ -67,21 +67,27 @@ def _unique_groups_numpy(keys):
     position_bits = max(n - 1, 1).bit_length()
     if (int(keys.max()) - low).bit_length() + position_bits <= _PACKED_BITS:
         # ties broken by position: the first of a run is the first occurrence
-        packed = (keys - low) << position_bits
+        packed = keys - low if low else keys.copy()
+        packed <<= position_bits
         packed |= np.arange(n, dtype=np.int64)
         packed.sort()
         order = packed & ((1 << position_bits) - 1)
-        ordered_keys = (packed >> position_bits) + low
-        starts = _run_starts(ordered_keys)
+        packed >>= position_bits
+        starts = _run_starts(packed)
         first = order[starts]
+        values = packed[starts]
+        values += low
     else:
         order = np.argsort(keys)
         ordered_keys = keys[order]
         starts = _run_starts(ordered_keys)
         first = np.minimum.reduceat(order, np.flatnonzero(starts))
+        values = ordered_keys[starts]
+    group = np.cumsum(starts, dtype=np.int64)
+    group -= 1
     inverse = np.empty(n, dtype=np.int64)
-    inverse[order] = np.cumsum(starts) - 1
-    return ordered_keys[starts], inverse, first
+    inverse[order] = group
+    return values, inverse, first
 
 
 def _run_starts(ordered):
