@@ -84,6 +84,22 @@ def unchanged_on_failure(estimator):
         raise
 
 
+@contextlib.contextmanager
+def fixed_tables(module, fixed):
+    """Keep the embedding and linear tables out of training within the block."""
+    if not fixed:
+        yield
+        return
+    tables = module.sparse_parameters()
+    for table in tables:
+        table.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for table in tables:
+            table.requires_grad_(True)
+
+
 class BaseAFM(BaseEstimator, metaclass=ABCMeta):
     """Base class for AFM estimators; not meant to be used directly."""
 
@@ -112,7 +128,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         "shuffle": ["boolean"],
         "warm_start": ["boolean"],
         "random_state": ["random_state"],
-        "init": [StrOptions({"random", "fm"})],
+        "init": [StrOptions({"random", "fm", "frozen_fm"})],
         "device": [StrOptions({"cpu", "cuda", "auto"})],
         "n_threads": [Interval(Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
@@ -290,7 +306,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             trainer.module.set_dropout(self.dropout, self.attention_dropout)
         else:
             module = self._build_module(X.shape[1], n_outputs, initial_bias, rng)
-            if self.init == "fm" and self.attention and not incremental:
+            if self.init in ("fm", "frozen_fm") and self.attention and not incremental:
                 fm = self._build_module(
                     X.shape[1], n_outputs, initial_bias, rng, attention=False
                 )
@@ -307,17 +323,18 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             trainer = Trainer(module.to(device), config)
 
         score = self._validation_scorer(trainer, validation) if early_stopping else None
-        history = fit_epochs(
-            trainer,
-            data,
-            rng,
-            rule,
-            validation_score=score,
-            verbose=self.verbose,
-            first_epoch=self.n_iter_ + 1 if continuing else 1,
-            # the FM it starts from is a candidate: never end worse than it
-            keep_start_if_best=pretrained,
-        )
+        with fixed_tables(trainer.module, pretrained and self.init == "frozen_fm"):
+            history = fit_epochs(
+                trainer,
+                data,
+                rng,
+                rule,
+                validation_score=score,
+                verbose=self.verbose,
+                first_epoch=self.n_iter_ + 1 if continuing else 1,
+                # the FM it starts from is a candidate: never end worse than it
+                keep_start_if_best=pretrained,
+            )
         history.interrupted = history.interrupted or rule.max_iter == 0
         self._record(trainer, history, continuing, early_stopping, config.loss)
         self._rng = rng
@@ -331,7 +348,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         return self
 
     def _pretrain(self, trainer, data, rng, rule, validation):
-        """Train the plain FM that ``init="fm"`` starts from.
+        """Train the plain FM that ``init="fm"`` and ``"frozen_fm"`` start from.
 
         Returns its network and its training history.
         """
@@ -341,7 +358,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             else None
         )
         if self.verbose:
-            print("Pre-training a factorization machine (init='fm')")
+            print(f"Pre-training a factorization machine (init={self.init!r})")
         history = fit_epochs(
             trainer,
             data,

@@ -15,6 +15,7 @@ from sklearn.model_selection import train_test_split
 import skafm._base
 import skafm._training
 from skafm import AFMClassifier, AFMRegressor
+from skafm._network import AttentionalFactorizationMachine
 from skafm._training import TrainingDivergedError
 
 from .conftest import FAST
@@ -386,6 +387,35 @@ def test_init_fm_keeps_the_fm_when_no_afm_epoch_beats_it(split, monkeypatch):
         np.testing.assert_array_equal(end[name].numpy(), value.numpy(), err_msg=name)
     assert model.best_validation_score_ == 0.0
     assert model.n_iter_ == 3
+
+
+def test_init_frozen_fm_trains_the_attention_on_the_fms_tables(split, monkeypatch):
+    X_train, _, y_train, _ = split
+    starts = []
+    real_start = AttentionalFactorizationMachine.start_from_factorization_machine
+
+    def recording_start(self, fm, mean_pairs):
+        real_start(self, fm, mean_pairs)
+        starts.append({k: v.clone() for k, v in self.state_dict().items()})
+
+    monkeypatch.setattr(
+        AttentionalFactorizationMachine,
+        "start_from_factorization_machine",
+        recording_start,
+    )
+    params = {**FAST, "max_iter": 4, "early_stopping": False, "init": "frozen_fm"}
+    model = AFMRegressor(**params).fit(X_train, y_train)
+    ((start,),) = [starts]
+    end = model.module_.state_dict()
+    for name in ("embedding", "linear"):
+        np.testing.assert_array_equal(end[name].numpy(), start[name].numpy())
+    for name in ("attention_weight", "attention_query", "projection", "bias"):
+        assert not np.array_equal(end[name].numpy(), start[name].numpy()), name
+    # the tables are fixed during that fit only: a warm start trains them
+    assert all(p.requires_grad for p in model.module_.parameters())
+    model.set_params(warm_start=True, max_iter=1).fit(X_train, y_train)
+    changed = model.module_.state_dict()["embedding"].numpy()
+    assert not np.array_equal(changed, start["embedding"].numpy())
 
 
 def test_verbose_names_the_two_phases_of_init_fm(split):
