@@ -322,18 +322,17 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
                     rule = dataclasses.replace(rule, max_iter=0)
             trainer = Trainer(module.to(device), config)
 
-        score = self._validation_scorer(trainer, validation) if early_stopping else None
         with fixed_tables(trainer.module, pretrained and self.init == "frozen_fm"):
-            history = fit_epochs(
+            history = self._train(
                 trainer,
                 data,
                 rng,
                 rule,
-                validation_score=score,
-                verbose=self.verbose,
+                validation,
                 first_epoch=self.n_iter_ + 1 if continuing else 1,
                 # the FM it starts from is a candidate: never end worse than it
                 keep_start_if_best=pretrained,
+                warning_stacklevel=7,
             )
         history.interrupted = history.interrupted or rule.max_iter == 0
         self._record(trainer, history, continuing, early_stopping, config.loss)
@@ -352,25 +351,35 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
 
         Returns its network and its training history.
         """
+        if self.verbose:
+            print(f"Pre-training a factorization machine (init={self.init!r})")
+        history = self._train(
+            trainer, data, rng, rule, validation, warning_stacklevel=8
+        )
+        if self.verbose and not history.interrupted:
+            print("Training the attentional factorization machine from it")
+        return trainer.prediction_module, history
+
+    def _train(self, trainer, data, rng, rule, validation, **options):
+        """:func:`fit_epochs` scored on ``validation`` when early stopping is on.
+
+        ``options`` go to :func:`fit_epochs`; ``warning_stacklevel`` counts
+        the frames from there to the user's call.
+        """
         score = (
             self._validation_scorer(trainer, validation)
             if rule.early_stopping
             else None
         )
-        if self.verbose:
-            print(f"Pre-training a factorization machine (init={self.init!r})")
-        history = fit_epochs(
+        return fit_epochs(
             trainer,
             data,
             rng,
             rule,
             validation_score=score,
             verbose=self.verbose,
-            warning_stacklevel=7,
+            **options,
         )
-        if self.verbose and not history.interrupted:
-            print("Training the attentional factorization machine from it")
-        return trainer.prediction_module, history
 
     def _record(self, trainer, history, continuing, early_stopping, loss):
         """Set the fitted attributes from a finished training call."""
