@@ -524,8 +524,6 @@ class AttentionPooling(torch.autograd.Function):
         n_rows, width, k = scaled.shape
         t = W.shape[0]
         # the weighted sum: d/de_i = (sum_j a_ij e_j) * g and d/da_ij = <e_i * e_j, g>
-        grad_scaled = torch.bmm(upper + upper.transpose(1, 2), scaled)
-        grad_scaled *= grad_pooled.unsqueeze(1)
         pair_dots = torch.bmm(scaled * grad_pooled.unsqueeze(1), scaled.transpose(1, 2))
         grad_used = upper_entries(pair_dots)
         grad_weights = grad_used if keep is None else grad_used * keep
@@ -549,6 +547,11 @@ class AttentionPooling(torch.autograd.Function):
         )
         grad_b = grad_hidden.sum(0)
         grad_W = grad_hidden.t() @ products
+        if not ctx.needs_input_grad[0]:
+            # the entries are fixed (init="frozen_fm"): only the attention learns
+            return None, None, None, grad_W, grad_b, grad_query, None, None
+        grad_scaled = torch.bmm(upper + upper.transpose(1, 2), scaled)
+        grad_scaled *= grad_pooled.unsqueeze(1)
         grad_products = torch.mm(
             grad_hidden,
             W,
