@@ -6,7 +6,8 @@ CPU, ``torch.unique`` and ``torch.sort`` use a comparison sort, about 1 ms for
 the 23,040 pairs of a 512-row Frappe batch; numpy's sort of integers is
 vectorised (x86-simd-sort) and about ten times faster. Packing each key with
 its position into one integer lets a plain value sort (numpy's fastest) also
-give the order. On other devices torch's own sort is used.
+give the order. Keys in a short range are counted instead of sorted. On
+other devices torch's own sort is used.
 """
 
 import numpy as np
@@ -14,6 +15,10 @@ import torch
 
 # Packed keys are int64: key bits + position bits must leave the sign bit alone.
 _PACKED_BITS = 62
+# Count keys in a table over their range instead of sorting them when the
+# range is at most this many times their number (3x faster on the 82k
+# entries of a Frappe prediction chunk, whose features span 10.8k keys).
+_DENSE_SPAN_PER_KEY = 2
 
 
 def unique_groups(keys):
@@ -36,8 +41,17 @@ def unique_groups(keys):
     keys = keys.reshape(-1)
     if keys.device.type != "cpu":
         return _unique_groups_torch(keys)
-    values, inverse, first = _unique_groups_numpy(keys.contiguous().numpy())
-    return torch.from_numpy(values), torch.from_numpy(inverse), torch.from_numpy(first)
+    if len(keys) == 0:
+        return keys, keys, keys
+    keys = keys.to(torch.int64).contiguous()
+    low, high = (int(bound) for bound in torch.aminmax(keys))
+    if high - low < _DENSE_SPAN_PER_KEY * len(keys):
+        return _unique_groups_dense(keys, low, high)
+    position_bits = max(len(keys) - 1, 1).bit_length()
+    if (high - low).bit_length() + position_bits > _PACKED_BITS:
+        values, inverse, first = _unique_groups_argsort(keys.numpy())
+        return torch.from_numpy(values), torch.from_numpy(inverse), first
+    return _unique_groups_packed(keys, low, position_bits)
 
 
 def distinct_values(keys):
@@ -57,37 +71,51 @@ def _unique_groups_torch(keys):
     return values, inverse, first.scatter_reduce_(0, inverse, positions, "amin")
 
 
-def _unique_groups_numpy(keys):
+def _unique_groups_dense(keys, low, high):
+    # keys in a short range: count them instead of sorting
+    shifted = keys - low
+    present = torch.bincount(shifted, minlength=high - low + 1) > 0
+    group_of_key = torch.cumsum(present, 0)
+    group_of_key -= 1
+    inverse = group_of_key.index_select(0, shifted)
+    values = torch.nonzero(present).view(-1) + low
+    first = torch.full((len(values),), len(keys), dtype=torch.int64)
+    first.scatter_reduce_(0, inverse, torch.arange(len(keys)), "amin")
+    return values, inverse, first
+
+
+def _unique_groups_packed(keys, low, position_bits):
+    # element-wise passes in torch (multi-threaded), the sort in numpy
     n = len(keys)
-    if n == 0:
-        empty = np.empty(0, dtype=np.int64)
-        return empty, empty, empty
-    keys = keys.astype(np.int64, copy=False)
-    low = int(keys.min())
-    position_bits = max(n - 1, 1).bit_length()
-    if (int(keys.max()) - low).bit_length() + position_bits <= _PACKED_BITS:
-        # ties broken by position: the first of a run is the first occurrence
-        packed = keys - low if low else keys.copy()
-        packed <<= position_bits
-        packed |= np.arange(n, dtype=np.int64)
-        packed.sort()
-        order = packed & ((1 << position_bits) - 1)
-        packed >>= position_bits
-        starts = _run_starts(packed)
-        first = order[starts]
-        values = packed[starts]
-        values += low
-    else:
-        order = np.argsort(keys)
-        ordered_keys = keys[order]
-        starts = _run_starts(ordered_keys)
-        first = np.minimum.reduceat(order, np.flatnonzero(starts))
-        values = ordered_keys[starts]
-    group = np.cumsum(starts, dtype=np.int64)
+    packed = torch.bitwise_left_shift(keys - low, position_bits)
+    packed |= torch.arange(n)
+    # ties broken by position: the first of a run is the first occurrence
+    packed.numpy().sort()
+    order = packed & ((1 << position_bits) - 1)
+    packed >>= position_bits
+    starts = _run_starts(packed.numpy())
+    start_positions = torch.from_numpy(np.flatnonzero(starts))
+    values = packed.index_select(0, start_positions) + low
+    first = order.index_select(0, start_positions)
+    # torch's cumsum of booleans is several times faster than numpy's
+    group = torch.cumsum(torch.from_numpy(starts), 0)
     group -= 1
     inverse = np.empty(n, dtype=np.int64)
+    inverse[order.numpy()] = group.numpy()
+    return values, torch.from_numpy(inverse), first
+
+
+def _unique_groups_argsort(keys):
+    order = np.argsort(keys)
+    ordered_keys = keys[order]
+    starts = _run_starts(ordered_keys)
+    first = np.minimum.reduceat(order, np.flatnonzero(starts))
+    values = ordered_keys[starts]
+    group = np.cumsum(starts, dtype=np.int64)
+    group -= 1
+    inverse = np.empty(len(keys), dtype=np.int64)
     inverse[order] = group
-    return values, inverse, first
+    return values, inverse, torch.from_numpy(first)
 
 
 def _run_starts(ordered):

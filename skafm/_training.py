@@ -26,7 +26,7 @@ from ._sorting import distinct_values
 # more repeated pairs, which the attention network scores once (Frappe: 238k
 # rows/s against 163k with chunks of a quarter of the size).
 PREDICT_FLOAT_BUDGET = 1 << 22
-PREDICT_MAX_ROWS = 1 << 14
+PREDICT_MAX_ROWS = 1 << 13
 # Floats in one per-pair intermediate of a training (sub-)batch: 64 MB.
 TRAIN_FLOAT_BUDGET = 1 << 24
 # Floats in one per-pair intermediate of a single row: beyond this (256 MB, a
@@ -295,7 +295,7 @@ class Trainer:
             widths = row_widths(data.X_csr)
             check_row_widths(widths, self._floats_per_pair())
             workspace = PairWorkspace()
-            for rows in predict_batches(widths, self.module.floats_per_pair):
+            for rows in predict_batches(widths, module.floats_per_pair_at_inference):
                 batch = pad_rows(data.X_csr, rows).to(self.device)
                 rows_t = torch.from_numpy(rows).to(self.device)
                 output = module(
@@ -521,7 +521,7 @@ def predict_raw(module, X_csr):
     # one workspace per call: concurrent predictions never share buffers
     workspace = PairWorkspace()
     with torch.inference_mode():
-        for rows in predict_batches(widths, module.floats_per_pair):
+        for rows in predict_batches(widths, module.floats_per_pair_at_inference):
             batch = pad_rows(X_csr, rows).to(device)
             output = module(batch.index, batch.value, batch.mask, workspace=workspace)
             out[rows] = output.cpu().numpy()

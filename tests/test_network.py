@@ -297,7 +297,8 @@ def test_pairs_of_large_fields_are_not_grouped():
     dense = np.zeros((200, 60))
     np.put_along_axis(dense, columns, 1.0, axis=1)
     batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(200))
-    entry_ids, n_entries = skafm._network.distinct_entries(batch.index, batch.value)
+    entry_ids, first = skafm._network.distinct_entries(batch.index, batch.value)
+    n_entries = len(first)
     assert n_entries <= 60
     # each of the 3 field pairs has at most 20 * 20 = 400 > 200 values: the
     # bound rules grouping out without sorting the pairs
@@ -308,15 +309,18 @@ def test_pairs_of_large_fields_are_not_grouped():
     assert skafm._network.group_pairs(batch.index, batch.value) is None
 
 
+@pytest.mark.parametrize("n_outputs", [1, 3])
 @pytest.mark.parametrize("n_fields", [2, 3, 6])
-def test_row_output_is_the_same_on_the_grouped_and_the_pairwise_path(n_fields):
+def test_row_output_is_the_same_on_the_grouped_and_the_pairwise_path(
+    n_fields, n_outputs
+):
     """In a batch, one-hot rows share pairs (grouped path); alone, they do not."""
     rng = np.random.RandomState(n_fields)
     columns = 10 * np.arange(n_fields) + rng.randint(0, 3, size=(200, n_fields))
     dense = np.zeros((200, 60))
     np.put_along_axis(dense, columns, 1.0, axis=1)
     X = as_active_features(sp.csr_matrix(dense))
-    module = make_module(n_features=60)
+    module = make_module(n_features=60, n_outputs=n_outputs)
     together = pad_rows(X, np.arange(200))
     assert group_pairs(together.index, together.value) is not None
     with torch.no_grad():
@@ -367,3 +371,43 @@ def test_feature_lookup_matches_embedding_lookups(n_outputs):
 
     for got, want in zip(run(True), run(False), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("one_hot", [True, False])
+@pytest.mark.parametrize("n_outputs", [1, 3])
+def test_prediction_path_matches_the_training_path(one_hot, n_outputs):
+    """Without gradients, eval mode sums per-pair terms instead of pooling vectors."""
+    rng = np.random.RandomState(0)
+    if one_hot:
+        columns = 5 * np.arange(4) + rng.randint(0, 2, size=(300, 4))
+        dense = np.zeros((300, 20))
+        np.put_along_axis(dense, columns, 1.0, axis=1)
+        dense[:5, :] = 0.0  # rows without pairs
+        dense[5, 3] = 1.0
+    else:
+        dense = rng.normal(size=(300, 20)) * (rng.rand(300, 20) < 0.4)
+    X = as_active_features(sp.csr_matrix(dense))
+    module = make_module(n_features=20, n_outputs=n_outputs)
+    batch = pad_rows(X, np.arange(300))
+    assert (group_pairs(batch.index, batch.value) is not None) == one_hot
+    with torch.no_grad():
+        predicted = module(batch.index, batch.value, batch.mask)
+    with torch.enable_grad():
+        pooled = module(batch.index, batch.value, batch.mask)
+    torch.testing.assert_close(predicted, pooled.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_entries", [30, 5000])  # counted, then sorted
+def test_distinct_pairs_bound_counts_distinct_entries_per_position(n_entries):
+    generator = torch.Generator().manual_seed(n_entries)
+    n_rows, width = 400, 5
+    entry_ids = torch.randint(0, n_entries, (n_rows, width), generator=generator)
+    entry_ids[:, 0] %= 3  # a small field
+    per_position = [len(set(entry_ids[:, p].tolist())) for p in range(width)]
+    expected = sum(
+        min(per_position[left] * per_position[right], n_rows)
+        for left in range(width)
+        for right in range(left + 1, width)
+    )
+    bound = skafm._network.most_pairs_distinct_bound(entry_ids, n_entries)
+    assert bound == expected

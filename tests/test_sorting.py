@@ -9,14 +9,19 @@ from skafm._sorting import _unique_groups_torch, distinct_values, unique_groups
     "n, high",
     [
         (1, 5),
-        (100, 3),  # many repeats
-        (5000, 5382),  # a Frappe batch's table rows
+        (100, 3),  # many repeats: counted over their range
+        (5000, 5382),  # a Frappe batch's table rows: counted
+        (20000, 50000),  # range above twice their number: packed and sorted
         (23040, 4_000_000),  # a batch's pair keys: packed with positions
         (3000, 2**62),  # too wide to pack: argsort and a reduction
     ],
 )
-def test_unique_groups_equals_torch_unique(n, high):
-    keys = torch.randint(0, high, (n,), generator=torch.Generator().manual_seed(n))
+@pytest.mark.parametrize("negative", [False, True])
+def test_unique_groups_equals_torch_unique(n, high, negative):
+    generator = torch.Generator().manual_seed(n)
+    keys = torch.randint(0, high, (n,), generator=generator)
+    if negative:
+        keys -= high // 2
     values, inverse, first = unique_groups(keys)
     expected = _unique_groups_torch(keys)
     for got, want in zip((values, inverse, first), expected, strict=True):
