@@ -116,6 +116,14 @@ def pad_rows(X_csr, rows):
     widths = indptr[rows + 1] - starts
     width = int(widths.max(initial=0))
     n_rows = len(rows)
+    if n_rows and widths.min() == width:
+        # rows of one width (prediction chunks, one-hot data): no padding
+        source = starts[:, None] + np.arange(width)
+        return PaddedBatch(
+            torch.from_numpy(X_csr.indices[source].astype(np.int64)),
+            torch.from_numpy(X_csr.data[source].astype(np.float32, copy=False)),
+            torch.ones((n_rows, width), dtype=torch.bool),
+        )
 
     index = np.zeros((n_rows, width), dtype=np.int64)
     value = np.zeros((n_rows, width), dtype=np.float32)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 from skafm._batching import as_active_features, iter_row_batches, pad_rows
 from skafm._training import PREDICT_FLOAT_BUDGET, predict_batches
@@ -73,6 +74,17 @@ def test_padding_has_zero_value_and_false_mask():
     np.testing.assert_array_equal(
         batch.value.numpy(), [[5, 0, 0], [1, 2, 3], [0, 0, 0]]
     )
+
+
+def test_rows_of_one_width_are_gathered_without_padding():
+    X = as_active_features(
+        sp.csr_matrix(np.array([[1.0, 2, 0, 3], [0, 4, 6, 7], [8, 0, 9, 1.5]]))
+    )
+    batch = pad_rows(X, np.array([2, 0]))
+    assert batch.mask.all() and batch.mask.shape == (2, 3)
+    np.testing.assert_array_equal(batch.index.numpy(), [[0, 2, 3], [0, 1, 3]])
+    np.testing.assert_array_equal(batch.value.numpy(), [[8, 9, 1.5], [1, 2, 3]])
+    assert batch.index.dtype == torch.int64 and batch.value.dtype == torch.float32
 
 
 def test_row_batches_cover_every_row_once():
