@@ -178,22 +178,25 @@ class AttentionalFactorizationMachine(nn.Module):
         if n_pairs == 0:
             return output
         groups = group_pairs(index, value)
-        pairs = groups
-        if groups is None:
-            pairs = ungrouped_pairs(n_rows, width, index.device)
-        entries = scaled_entries(index, value, pairs.entries, self.embedding)
-        scores, terms = score_pairs(
-            entries,
-            pairs.entry_left,
-            pairs.entry_right,
+        network = (
             self.attention_weight,
             self.attention_bias,
             self.attention_query,
             self.projection,
         )
         if groups is None:
-            scores, terms = scores[:n_pairs], terms[:n_pairs]
+            entries = scaled_entries(index, value, None, self.embedding)
+            length = slice_length(entries, network)
+            slices = row_pair_slices(n_rows, width, length, index.device)
+            scores, terms = score_pairs(entries, slices, n_pairs, *network)
         else:
+            entries = scaled_entries(index, value, groups.entries, self.embedding)
+            n_groups = len(groups.first)
+            length = slice_length(entries, network)
+            slices = group_slices(
+                groups.entry_left, groups.entry_right, n_groups, length
+            )
+            scores, terms = score_pairs(entries, slices, n_groups, *network)
             scores = scores.index_select(0, groups.inverse)
             terms = terms.index_select(0, groups.inverse)
         # rows of a prediction chunk have the same width: usually no padding
@@ -540,9 +543,17 @@ def ungrouped_pairs(n_rows, width, device):
     """Every pair occurrence its own group."""
     n_occurrences = n_rows * (width * (width - 1) // 2)
     inverse = torch.arange(n_occurrences, device=device)
-    left, right = occurrence_positions(inverse, width)
+    left, right = pair_positions(width, device)
+    row_start = torch.arange(0, n_rows * width, width, device=device).unsqueeze(1)
     entries = torch.arange(n_rows * width, device=device)
-    return PairGroups(inverse, inverse, width, entries, left, right)
+    return PairGroups(
+        inverse,
+        inverse,
+        width,
+        entries,
+        pad_to_chunks((row_start + left).view(-1)),
+        pad_to_chunks((row_start + right).view(-1)),
+    )
 
 
 def occurrence_positions(occurrences, width):
@@ -585,9 +596,12 @@ def distinct_entries(index, value):
     if value.dtype == torch.float32:
         bits = value.view(torch.int32)
         ones = bits == _FLOAT32_ONE_BITS
-        if torch.all(ones | (bits == 0)):
-            # one-hot data: short keys, which unique_groups packs with their
-            # positions into one integer for its fastest sort
+        if torch.all(ones):
+            # one-hot rows without padding: the feature alone
+            keys = index
+        elif torch.all(ones | (bits == 0)):
+            # one-hot data: short keys, which unique_groups counts or packs
+            # with their positions into one integer for its fastest sort
             keys = index * 2 + ones
         else:
             # feature and value bits in one integer: a single sort
@@ -859,53 +873,96 @@ def chunked_attention_network(products, W, b, query, workspace):
     return hidden, torch.mv(hidden.view(-1, t), query.view(-1))
 
 
-# Pairs per slice when scoring pairs at predict time: the slice's (pairs, k)
-# products and (pairs, t) hidden units, 1 MB each at k = t = 64, stay in cache.
-SCORE_SLICE = 64 * PAIR_CHUNK
+# Floats in one (pairs, k) or (pairs, t) intermediate of a slice of pairs
+# scored at predict time: 1 MB stays in cache, and slices are long enough
+# that the per-slice overhead stays small when k and t are.
+SCORE_SLICE_FLOATS = 1 << 18
 
 
 def scaled_entries(index, value, positions, embedding):
-    """``v[index] * value`` of the entries at the given flat positions of a batch."""
-    rows = embedding.index_select(0, index.reshape(-1).index_select(0, positions))
-    return rows.mul_(value.reshape(-1).index_select(0, positions).unsqueeze(1))
+    """``v[index] * value`` at given flat positions of a batch (None: every entry)."""
+    index, value = index.reshape(-1), value.reshape(-1)
+    if positions is not None:
+        index, value = (
+            index.index_select(0, positions),
+            value.index_select(0, positions),
+        )
+    return embedding.index_select(0, index).mul_(value.unsqueeze(1))
 
 
-def score_pairs(entries, left, right, W, b, query, projection):
-    """Attention score and projected product ``p^T (e_l * e_r)`` of given pairs.
+def slice_length(entries, network):
+    """Pairs per slice scored at once: a whole number of ``PAIR_CHUNK`` chunks."""
+    W = network[0]
+    floats_per_pair = max(entries.shape[1], W.shape[0])
+    return PAIR_CHUNK * max(1, SCORE_SLICE_FLOATS // (PAIR_CHUNK * floats_per_pair))
 
-    ``left`` and ``right``, rows of ``entries``, hold a whole number of
-    ``PAIR_CHUNK`` chunks. Scores and terms are matrix-vector products over
-    whole chunks, so a pair's values do not depend on the other pairs.
+
+def group_slices(left, right, n_groups, length):
+    """Slices ``(start, n_valid, left, right)`` of groups padded to whole chunks."""
+    for start in range(0, len(left), length):
+        stop = start + length
+        yield start, min(stop, n_groups) - start, left[start:stop], right[start:stop]
+
+
+def row_pair_slices(n_rows, width, length, device):
+    """Slices ``(start, n_valid, left, right)`` of every pair of a batch's rows.
+
+    The flat entry positions of a slice's pairs are built slice by slice,
+    whole rows at a time, and padded to whole chunks: no array over all the
+    batch's pairs is built.
+    """
+    pair_left, pair_right = pair_positions(width, device)
+    per_row = len(pair_left)
+    rows_per_slice = max(1, length // per_row)
+    for first in range(0, n_rows, rows_per_slice):
+        rows = min(rows_per_slice, n_rows - first)
+        row_start = torch.arange(
+            first * width, (first + rows) * width, width, device=device
+        ).unsqueeze(1)
+        yield (
+            first * per_row,
+            rows * per_row,
+            pad_to_chunks((row_start + pair_left).view(-1)),
+            pad_to_chunks((row_start + pair_right).view(-1)),
+        )
+
+
+def score_pairs(entries, slices, n_pairs, W, b, query, projection):
+    """Attention score and projected product ``p^T (e_l * e_r)`` of pairs of entries.
+
+    ``slices`` yields ``(start, n_valid, left, right)``: rows of ``entries``
+    padded to a whole number of ``PAIR_CHUNK`` chunks, whose first
+    ``n_valid`` pairs are pairs ``start, start + 1, ...``. Scores and terms
+    are matrix-vector products over whole chunks, so a pair's values do not
+    depend on the other pairs.
 
     Returns
     -------
     scores : Tensor of shape (n_pairs,)
     terms : Tensor of shape (n_pairs, n_outputs)
     """
-    n_pairs, k = len(left), entries.shape[1]
+    k = entries.shape[1]
     columns = projection.t().contiguous()
     scores = entries.new_empty(n_pairs)
     terms = entries.new_empty(len(columns), n_pairs)
     workspace = PairWorkspace()
-    for start in range(0, n_pairs, SCORE_SLICE):
-        stop = min(start + SCORE_SLICE, n_pairs)
-        shape = (stop - start, k)
+    for start, n_valid, left, right in slices:
+        shape = (len(left), k)
         products = torch.index_select(
-            entries, 0, left[start:stop], out=workspace.get("products", shape, entries)
+            entries, 0, left, out=workspace.get("products", shape, entries)
         )
         products.mul_(
             torch.index_select(
-                entries,
-                0,
-                right[start:stop],
-                out=workspace.get("right", shape, entries),
+                entries, 0, right, out=workspace.get("right", shape, entries)
             )
         )
-        _, scores[start:stop] = chunked_attention_network(
-            products, W, b, query, workspace
-        )
+        _, slice_scores = chunked_attention_network(products, W, b, query, workspace)
+        stop = start + n_valid
+        scores[start:stop] = slice_scores[:n_valid]
+        slice_terms = workspace.get("terms", (len(left),), entries)
         for column, out in zip(columns, terms[:, start:stop], strict=True):
-            torch.mv(products, column, out=out)
+            # over whole chunks, as the scores
+            out.copy_(torch.mv(products, column, out=slice_terms)[:n_valid])
     return scores, terms.t()
 
 
