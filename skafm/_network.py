@@ -122,6 +122,10 @@ class AttentionalFactorizationMachine(nn.Module):
 
         ``workspace``, a :class:`PairWorkspace` owned by the caller, lends the
         large per-pair buffers; a caller must not share one between threads.
+        In eval mode without gradients (prediction), an attention model sums
+        per-pair terms (:meth:`_predicted_output`): the same outputs to
+        within float rounding, and the same bits for a row alone or among
+        rows of its width (as prediction chunks hold them).
         """
         if self.attention and not self.training and not torch.is_grad_enabled():
             return self._predicted_output(index, value, mask)
@@ -145,13 +149,17 @@ class AttentionalFactorizationMachine(nn.Module):
 
     @property
     def floats_per_pair_at_inference(self):
-        """Floats kept per pair of features when predicting without gradients."""
-        # the attention path keeps a score and a term per output for each pair
-        # (the per-pair vectors live in fixed-size slices); an FM keeps none
+        """Floats kept per pair of features when predicting without gradients.
+
+        The attention path keeps a score and one term per output for each
+        pair (its per-pair vectors live in fixed-size slices). An FM keeps
+        nothing per pair; counting 1 still bounds its chunks.
+        """
         return self.n_outputs + 1 if self.attention else 1
 
     @property
     def n_outputs(self):
+        """1 for regression and binary classification, n_classes otherwise."""
         return self.bias.shape[0]
 
     def _output(self, scaled, linear, index, value, mask, generator, workspace):
