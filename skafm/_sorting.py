@@ -49,8 +49,7 @@ def unique_groups(keys):
         return _unique_groups_dense(keys, low, high)
     position_bits = max(len(keys) - 1, 1).bit_length()
     if (high - low).bit_length() + position_bits > _PACKED_BITS:
-        values, inverse, first = _unique_groups_argsort(keys.numpy())
-        return torch.from_numpy(values), torch.from_numpy(inverse), first
+        return _unique_groups_argsort(keys.numpy())
     return _unique_groups_packed(keys, low, position_bits)
 
 
@@ -85,24 +84,25 @@ def _unique_groups_dense(keys, low, high):
 
 
 def _unique_groups_packed(keys, low, position_bits):
-    # element-wise passes in torch (multi-threaded), the sort in numpy
+    keys = keys.numpy()
     n = len(keys)
-    packed = torch.bitwise_left_shift(keys - low, position_bits)
-    packed |= torch.arange(n)
     # ties broken by position: the first of a run is the first occurrence
-    packed.numpy().sort()
+    packed = keys - low
+    packed <<= position_bits
+    packed |= np.arange(n, dtype=np.int64)
+    packed.sort()
     order = packed & ((1 << position_bits) - 1)
     packed >>= position_bits
-    starts = _run_starts(packed.numpy())
-    start_positions = torch.from_numpy(np.flatnonzero(starts))
-    values = packed.index_select(0, start_positions) + low
-    first = order.index_select(0, start_positions)
-    # torch's cumsum of booleans is several times faster than numpy's
-    group = torch.cumsum(torch.from_numpy(starts), 0)
+    starts = _run_starts(packed)
+    start_positions = np.flatnonzero(starts)
+    first = order[start_positions]
+    values = packed[start_positions]
+    values += low
+    group = np.cumsum(starts, dtype=np.int64)
     group -= 1
     inverse = np.empty(n, dtype=np.int64)
-    inverse[order.numpy()] = group.numpy()
-    return values, torch.from_numpy(inverse), first
+    inverse[order] = group
+    return torch.from_numpy(values), torch.from_numpy(inverse), torch.from_numpy(first)
 
 
 def _unique_groups_argsort(keys):
@@ -115,7 +115,7 @@ def _unique_groups_argsort(keys):
     group -= 1
     inverse = np.empty(len(keys), dtype=np.int64)
     inverse[order] = group
-    return values, inverse, torch.from_numpy(first)
+    return torch.from_numpy(values), torch.from_numpy(inverse), torch.from_numpy(first)
 
 
 def _run_starts(ordered):
