@@ -19,6 +19,8 @@ _PACKED_BITS = 62
 # range is at most this many times their number (3x faster on the 82k
 # entries of a Frappe prediction chunk, whose features span 10.8k keys).
 _DENSE_SPAN_PER_KEY = 2
+# From this many keys on, the passes around the sort run on torch's threads.
+_THREADED_PASSES_MIN_KEYS = 1 << 16
 
 
 def unique_groups(keys):
@@ -50,6 +52,8 @@ def unique_groups(keys):
     position_bits = max(len(keys) - 1, 1).bit_length()
     if (high - low).bit_length() + position_bits > _PACKED_BITS:
         return _unique_groups_argsort(keys.numpy())
+    if len(keys) >= _THREADED_PASSES_MIN_KEYS:
+        return _unique_groups_packed_threaded(keys, low, position_bits)
     return _unique_groups_packed(keys, low, position_bits)
 
 
@@ -103,6 +107,26 @@ def _unique_groups_packed(keys, low, position_bits):
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = group
     return torch.from_numpy(values), torch.from_numpy(inverse), torch.from_numpy(first)
+
+
+def _unique_groups_packed_threaded(keys, low, position_bits):
+    # as _unique_groups_packed, with the passes around the sort on torch's
+    # thread pool: faster on a prediction chunk's 368k pair keys (about 4.6
+    # against 5.5 ms), slower on a training batch's few thousand
+    packed = torch.bitwise_left_shift(keys - low, position_bits)
+    packed |= torch.arange(len(keys))
+    packed.numpy().sort()
+    order = packed & ((1 << position_bits) - 1)
+    packed >>= position_bits
+    starts = _run_starts(packed.numpy())
+    start_positions = torch.from_numpy(np.flatnonzero(starts))
+    values = packed.index_select(0, start_positions) + low
+    first = order.index_select(0, start_positions)
+    group = torch.cumsum(torch.from_numpy(starts), 0)
+    group -= 1
+    inverse = np.empty(len(keys), dtype=np.int64)
+    inverse[order.numpy()] = group.numpy()
+    return values, torch.from_numpy(inverse), first
 
 
 def _unique_groups_argsort(keys):

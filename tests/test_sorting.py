@@ -13,6 +13,7 @@ from skafm._sorting import _unique_groups_torch, distinct_values, unique_groups
         (5000, 5382),  # a Frappe batch's table rows: counted
         (20000, 50000),  # range above twice their number: packed and sorted
         (23040, 4_000_000),  # a batch's pair keys: packed with positions
+        (100_000, 4_000_000),  # many keys: the passes on torch's threads
         (3000, 2**62),  # too wide to pack: argsort and a reduction
     ],
 )
