@@ -192,15 +192,14 @@ class AttentionalFactorizationMachine(nn.Module):
             self.attention_query,
             self.projection,
         )
+        length = slice_length(self.floats_per_pair)
         if groups is None:
             entries = scaled_entries(index, value, None, self.embedding)
-            length = slice_length(entries, network)
             slices = row_pair_slices(n_rows, width, length, index.device)
             scores, terms = score_pairs(entries, slices, n_pairs, *network)
         else:
             entries = scaled_entries(index, value, groups.entries, self.embedding)
             n_groups = len(groups.first)
-            length = slice_length(entries, network)
             slices = group_slices(
                 groups.entry_left, groups.entry_right, n_groups, length
             )
@@ -898,10 +897,8 @@ def scaled_entries(index, value, positions, embedding):
     return embedding.index_select(0, index).mul_(value.unsqueeze(1))
 
 
-def slice_length(entries, network):
+def slice_length(floats_per_pair):
     """Pairs per slice scored at once: a whole number of ``PAIR_CHUNK`` chunks."""
-    W = network[0]
-    floats_per_pair = max(entries.shape[1], W.shape[0])
     return PAIR_CHUNK * max(1, SCORE_SLICE_FLOATS // (PAIR_CHUNK * floats_per_pair))
 
 
