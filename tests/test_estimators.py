@@ -18,6 +18,7 @@ from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
+import skafm._training
 from skafm import AFMClassifier, AFMRegressor
 
 from .conftest import FAST
@@ -190,6 +191,27 @@ def test_rows_with_zero_one_and_many_active_features():
     assert np.isfinite(pred).all()
     # an empty row has no linear term and no pairs: the bias alone
     np.testing.assert_allclose(pred[:30], pred[0])
+
+
+@pytest.mark.parametrize("n_classes", [None, 3])
+def test_predictions_do_not_depend_on_prediction_chunks(
+    planted_regression, monkeypatch, n_classes
+):
+    """Rows predicted alone, in small chunks or all at once: the same bits."""
+    X, y, _ = planted_regression
+    X, y = X[:600], y[:600]
+    if n_classes is None:
+        model = fitted_regressor(X, y)
+        output = model.predict
+    else:
+        labels = np.digitize(y, np.quantile(y, [1 / 3, 2 / 3]))
+        model = AFMClassifier(**FAST).fit(X, labels)
+        output = model.decision_function
+    whole = output(X)
+    monkeypatch.setattr(skafm._training, "PREDICT_MAX_ROWS", 7)
+    np.testing.assert_array_equal(output(X), whole)
+    for row in range(0, 600, 97):
+        np.testing.assert_array_equal(output(X[row]), whole[row : row + 1])
 
 
 @pytest.mark.parametrize(
