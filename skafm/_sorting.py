@@ -43,9 +43,9 @@ def unique_groups(keys):
     keys = keys.reshape(-1)
     if keys.device.type != "cpu":
         return _unique_groups_torch(keys)
+    keys = keys.to(torch.int64).contiguous()
     if len(keys) == 0:
         return keys, keys, keys
-    keys = keys.to(torch.int64).contiguous()
     low, high = (int(bound) for bound in torch.aminmax(keys))
     if high - low < _DENSE_SPAN_PER_KEY * len(keys):
         return _unique_groups_dense(keys, low, high)
