@@ -463,21 +463,25 @@ class PairGroups:
     entries : Tensor of shape (n_entries,)
         Flat position of one occurrence of each distinct (feature, value)
         entry of the batch.
+    entry_pairs : Tensor of shape (n_padded,)
+        The two entries of each group, numbered as in ``entries``, as
+        ``left_entry * n_entries + right_entry``, padded like ``left`` and
+        ``right``.
     entry_left, entry_right : Tensor of shape (n_padded,)
-        The two entries of each group, numbered as in ``entries``, padded
-        like ``left`` and ``right``.
+        The two entries of each group.
     """
 
     inverse: torch.Tensor
     first: torch.Tensor
     width: int
     entries: torch.Tensor
-    entry_left: torch.Tensor
-    entry_right: torch.Tensor
+    entry_pairs: torch.Tensor
+
+    # training reads only the occurrence positions, prediction only the
+    # entries: each is computed when first read
 
     @functools.cached_property
     def _positions(self):
-        # only training needs them: prediction works on the entries
         return occurrence_positions(self.first, self.width)
 
     @property
@@ -487,6 +491,14 @@ class PairGroups:
     @property
     def right(self):
         return self._positions[1]
+
+    @functools.cached_property
+    def entry_left(self):
+        return torch.div(self.entry_pairs, len(self.entries), rounding_mode="floor")
+
+    @functools.cached_property
+    def entry_right(self):
+        return self.entry_pairs % len(self.entries)
 
 
 def group_pairs(index, value):
@@ -513,15 +525,7 @@ def group_pairs(index, value):
     keys, inverse, first = unique_groups(pair_keys)
     if len(first) > MAX_GROUP_FRACTION * len(inverse):
         return None
-    keys = pad_to_chunks(keys)
-    return PairGroups(
-        inverse,
-        first,
-        width,
-        entries,
-        torch.div(keys, n_entries, rounding_mode="floor"),
-        keys % n_entries,
-    )
+    return PairGroups(inverse, first, width, entries, pad_to_chunks(keys))
 
 
 def most_pairs_distinct_bound(entry_ids, n_entries):
@@ -550,17 +554,9 @@ def ungrouped_pairs(n_rows, width, device):
     """Every pair occurrence its own group."""
     n_occurrences = n_rows * (width * (width - 1) // 2)
     inverse = torch.arange(n_occurrences, device=device)
-    left, right = pair_positions(width, device)
-    row_start = torch.arange(0, n_rows * width, width, device=device).unsqueeze(1)
+    left, right = occurrence_positions(inverse, width)
     entries = torch.arange(n_rows * width, device=device)
-    return PairGroups(
-        inverse,
-        inverse,
-        width,
-        entries,
-        pad_to_chunks((row_start + left).view(-1)),
-        pad_to_chunks((row_start + right).view(-1)),
-    )
+    return PairGroups(inverse, inverse, width, entries, left * len(entries) + right)
 
 
 def occurrence_positions(occurrences, width):
