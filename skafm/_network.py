@@ -269,34 +269,17 @@ class AttentionalFactorizationMachine(nn.Module):
         )
 
     def _pairwise_pooling(self, scaled, pair_mask, keep, workspace):
-        n_rows, width, _ = scaled.shape
-        select_left, select_right = pair_selectors(width, scaled.device)
-        weights = (
+        select_left, select_right = pair_selectors(scaled.shape[1], scaled.device)
+        return PairwiseAttentionPooling.apply(
+            scaled,
+            pair_mask,
+            select_left,
+            select_right,
             self.attention_weight,
             self.attention_bias,
             self.attention_query,
-        )
-        pair_floats = max(pair_mask.shape[1], 1) * self.floats_per_pair
-        rows_per_slice = max(1, PAIRWISE_FLOAT_BUDGET // pair_floats)
-        if torch.is_grad_enabled() or rows_per_slice >= n_rows:
-            return PairwiseAttentionPooling.apply(
-                scaled, pair_mask, select_left, select_right, *weights, keep, workspace
-            )
-        # prediction chunks are sized for grouped pairs; scored one by one,
-        # pairs stay in cache only in smaller slices of rows
-        return torch.cat(
-            [
-                PairwiseAttentionPooling.apply(
-                    scaled[start : start + rows_per_slice],
-                    pair_mask[start : start + rows_per_slice],
-                    select_left,
-                    select_right,
-                    *weights,
-                    None,
-                    workspace,
-                )
-                for start in range(0, n_rows, rows_per_slice)
-            ]
+            keep,
+            workspace,
         )
 
     def _attention_scores(self, products):
@@ -433,9 +416,6 @@ MAX_GROUP_FRACTION = 0.5
 # Skip the pairs' sort when the cheap bound on distinct pairs is above this
 # fraction of the pairs (one-hot data with fields of similar, large sizes).
 MAX_GROUPING_BOUND_FRACTION = 0.75
-# Floats in one (rows, pairs, k) tensor of the pairwise path at predict time:
-# 4 MB keeps each pass over it in cache.
-PAIRWISE_FLOAT_BUDGET = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
