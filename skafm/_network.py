@@ -486,7 +486,8 @@ def group_pairs(index, value):
 
     Returns None when most entries or most pairs are distinct (real-valued
     features, or features that rarely meet): then pairs are better scored one
-    by one (:class:`PairwiseAttentionPooling`) than gathered into groups.
+    by one (:class:`PairwiseAttentionPooling` in training,
+    :func:`row_pair_slices` at prediction) than gathered into groups.
     """
     entry_ids, entries = distinct_entries(index, value)
     n_entries = len(entries)
