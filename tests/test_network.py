@@ -411,3 +411,59 @@ def test_distinct_pairs_bound_counts_distinct_entries_per_position(n_entries):
     )
     bound = skafm._network.most_pairs_distinct_bound(entry_ids, n_entries)
     assert bound == expected
+
+
+@pytest.mark.parametrize("width", [2, 5])
+def test_occurrence_positions_are_the_rows_and_pairs_of_the_occurrences(width):
+    n_rows, n_pairs = 7, width * (width - 1) // 2
+    occurrences = torch.tensor([0, 3, n_rows * n_pairs - 1, n_pairs, 1])
+    left, right = skafm._network.occurrence_positions(occurrences, n_rows, width)
+    pair_left, pair_right = pair_positions(width, occurrences.device)
+    rows, pairs = occurrences // n_pairs, occurrences % n_pairs
+    n = len(occurrences)
+    assert torch.equal(left[:n], rows * width + pair_left[pairs])
+    assert torch.equal(right[:n], rows * width + pair_right[pairs])
+    # padding: whole chunks, filled with occurrence 0's positions
+    assert len(left) % skafm._network.PAIR_CHUNK == 0
+    assert torch.all(left[n:] == 0) and torch.all(right[n:] == 1)
+
+
+def test_unpadded_batches_are_pooled_without_a_mask_with_the_same_bits(monkeypatch):
+    """Without padding the pair mask is skipped: the same outputs and
+    gradients, bit for bit, as with its all-True mask, on both paths."""
+    columns = 2 * np.arange(5) + np.random.RandomState(0).randint(0, 2, (40, 5))
+    dense = np.zeros((40, 10))
+    np.put_along_axis(dense, columns, 1.0, axis=1)
+    batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(40))
+    assert bool(batch.mask.all())
+    module = make_module(n_features=10, attention_dropout=0.3).train()
+    masks = []
+    original_softmax = skafm._network.masked_softmax
+
+    def recording_softmax(scores, mask):
+        masks.append(mask)
+        return original_softmax(scores, mask)
+
+    monkeypatch.setattr(skafm._network, "masked_softmax", recording_softmax)
+    module(batch.index, batch.value, batch.mask, torch.Generator().manual_seed(0))
+    assert masks == [None]
+
+    scaled = (
+        module.embedding.detach()[batch.index] * batch.value.unsqueeze(-1)
+    ).requires_grad_()
+    pair_mask = skafm._network.pairs_of(batch.mask)
+    groups = group_pairs(batch.index, batch.value)
+    select_left, select_right = pair_selectors(5, scaled.device)
+    network = (module.attention_weight, module.attention_bias, module.attention_query)
+    keep = (torch.rand(pair_mask.shape) > 0.3) / 0.7
+    for pool, structure in [
+        (AttentionPooling, (groups,)),
+        (PairwiseAttentionPooling, (select_left, select_right)),
+    ]:
+        results = []
+        for mask in (None, pair_mask):
+            pooled = pool.apply(scaled, mask, *structure, *network, keep)
+            gradients = torch.autograd.grad(pooled.square().sum(), (scaled, *network))
+            results.append((pooled, *gradients))
+        for a, b in zip(*results, strict=True):
+            assert torch.equal(a, b)
