@@ -493,6 +493,10 @@ def group_pairs(index, value):
     by one (:class:`PairwiseAttentionPooling` in training,
     :func:`row_pair_slices` at prediction) than gathered into groups.
     """
+    if index.shape[0] < 2:
+        # a row's features are distinct, so are its pairs: nothing to group
+        # (and single-row predictions skip the sort)
+        return None
     entry_ids, entries = distinct_entries(index, value)
     n_entries = len(entries)
     if entry_ids is None or n_entries > MAX_DISTINCT_ENTRY_FRACTION * index.numel():
