@@ -164,7 +164,7 @@ class AttentionalFactorizationMachine(nn.Module):
 
     def _output(self, scaled, linear, index, value, mask, generator, workspace):
         if self.attention:
-            groups = group_pairs(index, value)
+            groups = group_pairs(index, value, with_entries=False)
             pooled = self._attention_pooling(scaled, mask, groups, generator, workspace)
         else:
             pooled = sum_pooling(scaled)
@@ -485,22 +485,33 @@ class PairGroups:
         return self.entry_pairs % len(self.entries)
 
 
-def group_pairs(index, value):
+def group_pairs(index, value, with_entries=True):
     """Group the pairs of a padded batch by their (feature, value) entries.
 
     Returns None when most entries or most pairs are distinct (real-valued
     features, or features that rarely meet): then pairs are better scored one
     by one (:class:`PairwiseAttentionPooling` in training,
     :func:`row_pair_slices` at prediction) than gathered into groups.
+
+    Without ``with_entries`` (training, which reads only the occurrences),
+    one-hot rows without padding are grouped by their features directly,
+    without numbering the batch's distinct entries first (0.2 of a 6.5 ms
+    Frappe step): the same groups in the same order, ``entries`` None, and
+    the bound on distinct pairs alone decides whether to group.
     """
     if index.shape[0] < 2:
         # a row's features are distinct, so are its pairs: nothing to group
         # (and single-row predictions skip the sort)
         return None
-    entry_ids, entries = distinct_entries(index, value)
-    n_entries = len(entries)
-    if entry_ids is None or n_entries > MAX_DISTINCT_ENTRY_FRACTION * index.numel():
-        return None
+    if not with_entries and _one_hot_without_padding(value):
+        entries = None
+        entry_ids = index.reshape(-1)
+        n_entries = int(entry_ids.max()) + 1
+    else:
+        entry_ids, entries = distinct_entries(index, value)
+        n_entries = len(entries)
+        if entry_ids is None or n_entries > MAX_DISTINCT_ENTRY_FRACTION * index.numel():
+            return None
     n_rows, width = index.shape
     n_pairs = n_rows * (width * (width - 1) // 2)
     if most_pairs_distinct_bound(entry_ids.view(n_rows, width), n_entries) > (
@@ -515,6 +526,15 @@ def group_pairs(index, value):
     if len(first) > MAX_GROUP_FRACTION * len(inverse):
         return None
     return PairGroups(inverse, first, width, entries, pad_to_chunks(keys))
+
+
+def _one_hot_without_padding(value):
+    """Whether every value of a batch is exactly 1.0 (no padding, which is 0)."""
+    return (
+        value.dtype == torch.float32
+        and value.numel() > 0
+        and bool(torch.all(value.view(torch.int32) == _FLOAT32_ONE_BITS))
+    )
 
 
 def most_pairs_distinct_bound(entry_ids, n_entries):

@@ -267,7 +267,7 @@ def test_grouping_identical_pairs_changes_neither_outputs_nor_gradients(monkeypa
         monkeypatch.setattr(
             skafm._network,
             "group_pairs",
-            original if deduplicate else lambda index, value: None,
+            original if deduplicate else lambda *args, **kwargs: None,
         )
         module = make_module(attention_dropout=0.3)
         module.train()
@@ -467,3 +467,23 @@ def test_unpadded_batches_are_pooled_without_a_mask_with_the_same_bits(monkeypat
             results.append((pooled, *gradients))
         for a, b in zip(*results, strict=True):
             assert torch.equal(a, b)
+
+
+def test_training_groups_one_hot_rows_by_feature_with_the_same_groups():
+    rng = np.random.RandomState(0)
+    columns = 3 * np.arange(4) + rng.randint(0, 3, size=(50, 4))
+    dense = np.zeros((50, 12))
+    np.put_along_axis(dense, columns, 1.0, axis=1)
+    batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(50))
+    by_entry = group_pairs(batch.index, batch.value)
+    by_feature = group_pairs(batch.index, batch.value, with_entries=False)
+    assert by_feature.entries is None and by_entry.entries is not None
+    assert torch.equal(by_feature.inverse, by_entry.inverse)
+    assert torch.equal(by_feature.first, by_entry.first)
+    # padding (value 0) or other values: entries are numbered as before
+    dense[:5, columns[:5, 3]] = 0.0
+    dense[5:10, columns[5:10, 0]] = 2.0
+    padded = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(50))
+    assert (
+        group_pairs(padded.index, padded.value, with_entries=False).entries is not None
+    )
