@@ -546,13 +546,15 @@ def most_pairs_distinct_bound(entry_ids, n_entries):
     repeat, pairs of two large ones do not.
     """
     n_rows, width = entry_ids.shape
-    positions = torch.arange(width, device=entry_ids.device)
-    keys = (positions * n_entries + entry_ids).reshape(-1)
-    if width * n_entries <= 4 * len(keys):
-        # few possible keys: counting them is cheaper than sorting
-        present = torch.bincount(keys, minlength=width * n_entries) > 0
-        per_position = present.view(width, n_entries).sum(1)
+    if width * n_entries <= 16 * entry_ids.numel():
+        # few possible entries: marking them in a (width, n_entries) table
+        # of bytes is cheaper than sorting
+        present = entry_ids.new_zeros((width, n_entries), dtype=torch.bool)
+        present.scatter_(1, entry_ids.t(), True)
+        per_position = present.sum(1)
     else:
+        positions = torch.arange(width, device=entry_ids.device)
+        keys = (positions * n_entries + entry_ids).reshape(-1)
         distinct = distinct_values(keys)
         per_position = torch.bincount(distinct // n_entries, minlength=width)
     left, right = pair_positions(width, entry_ids.device)

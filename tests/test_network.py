@@ -397,7 +397,7 @@ def test_prediction_path_matches_the_training_path(one_hot, n_outputs):
     torch.testing.assert_close(predicted, pooled.detach(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("n_entries", [30, 5000])  # counted, then sorted
+@pytest.mark.parametrize("n_entries", [30, 50000])  # marked, then sorted
 def test_distinct_pairs_bound_counts_distinct_entries_per_position(n_entries):
     generator = torch.Generator().manual_seed(n_entries)
     n_rows, width = 400, 5
