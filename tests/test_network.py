@@ -487,3 +487,19 @@ def test_training_groups_one_hot_rows_by_feature_with_the_same_groups():
     assert (
         group_pairs(padded.index, padded.value, with_entries=False).entries is not None
     )
+
+
+def test_per_row_matmul_has_the_gradients_of_a_plain_product():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 5, dtype=torch.float64, generator=generator)
+    weight = torch.randn(5, 3, dtype=torch.float64, generator=generator)
+    assert torch.autograd.gradcheck(
+        skafm._network.per_row_matmul,
+        (x.requires_grad_(), weight.requires_grad_()),
+    )
+    # forward: each row alone gives the same bits
+    rows = skafm._network.per_row_matmul(x, weight)
+    for i in range(len(x)):
+        assert torch.equal(
+            rows[i], skafm._network.per_row_matmul(x[i : i + 1], weight)[0]
+        )
