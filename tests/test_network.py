@@ -38,6 +38,16 @@ def make_module(n_features=12, n_outputs=1, attention=True, seed=0, **kwargs):
     return module.eval()
 
 
+def one_hot_rows(rng, n_rows, n_fields, field_size, n_categories, n_columns=None):
+    """Dense one-hot rows: in each field of ``field_size`` columns, one of
+    its first ``n_categories`` is 1. Returns the rows and their columns."""
+    offsets = field_size * np.arange(n_fields)
+    columns = offsets + rng.randint(0, n_categories, size=(n_rows, n_fields))
+    dense = np.zeros((n_rows, n_columns or n_fields * field_size))
+    np.put_along_axis(dense, columns, 1.0, axis=1)
+    return dense, columns
+
+
 def reference_output(module, row_indices, row_values):
     """The AFM equation of the paper, one pair at a time, in float64."""
     params = {
@@ -293,9 +303,7 @@ def test_real_valued_features_are_not_grouped():
 def test_pairs_of_large_fields_are_not_grouped():
     """One-hot, 3 fields of 20 categories and 200 rows: entries repeat, pairs not."""
     rng = np.random.RandomState(0)
-    columns = 20 * np.arange(3) + rng.randint(0, 20, size=(200, 3))
-    dense = np.zeros((200, 60))
-    np.put_along_axis(dense, columns, 1.0, axis=1)
+    dense, _ = one_hot_rows(rng, 200, 3, 20, 20)
     batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(200))
     entry_ids, first = skafm._network.distinct_entries(batch.index, batch.value)
     n_entries = len(first)
@@ -316,9 +324,7 @@ def test_row_output_is_the_same_on_the_grouped_and_the_pairwise_path(
 ):
     """In a batch, one-hot rows share pairs (grouped path); alone, they do not."""
     rng = np.random.RandomState(n_fields)
-    columns = 10 * np.arange(n_fields) + rng.randint(0, 3, size=(200, n_fields))
-    dense = np.zeros((200, 60))
-    np.put_along_axis(dense, columns, 1.0, axis=1)
+    dense, _ = one_hot_rows(rng, 200, n_fields, 10, 3, n_columns=60)
     X = as_active_features(sp.csr_matrix(dense))
     module = make_module(n_features=60, n_outputs=n_outputs)
     together = pad_rows(X, np.arange(200))
@@ -379,9 +385,7 @@ def test_prediction_path_matches_the_training_path(one_hot, n_outputs):
     """Without gradients, eval mode sums per-pair terms instead of pooling vectors."""
     rng = np.random.RandomState(0)
     if one_hot:
-        columns = 5 * np.arange(4) + rng.randint(0, 2, size=(300, 4))
-        dense = np.zeros((300, 20))
-        np.put_along_axis(dense, columns, 1.0, axis=1)
+        dense, _ = one_hot_rows(rng, 300, 4, 5, 2)
         dense[:5, :] = 0.0  # rows without pairs
         dense[5, 3] = 1.0
     else:
@@ -431,9 +435,7 @@ def test_occurrence_positions_are_the_rows_and_pairs_of_the_occurrences(width):
 def test_unpadded_batches_are_pooled_without_a_mask_with_the_same_bits(monkeypatch):
     """Without padding the pair mask is skipped: the same outputs and
     gradients, bit for bit, as with its all-True mask, on both paths."""
-    columns = 2 * np.arange(5) + np.random.RandomState(0).randint(0, 2, (40, 5))
-    dense = np.zeros((40, 10))
-    np.put_along_axis(dense, columns, 1.0, axis=1)
+    dense, _ = one_hot_rows(np.random.RandomState(0), 40, 5, 2, 2)
     batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(40))
     assert bool(batch.mask.all())
     module = make_module(n_features=10, attention_dropout=0.3).train()
@@ -471,9 +473,7 @@ def test_unpadded_batches_are_pooled_without_a_mask_with_the_same_bits(monkeypat
 
 def test_training_groups_one_hot_rows_by_feature_with_the_same_groups():
     rng = np.random.RandomState(0)
-    columns = 3 * np.arange(4) + rng.randint(0, 3, size=(50, 4))
-    dense = np.zeros((50, 12))
-    np.put_along_axis(dense, columns, 1.0, axis=1)
+    dense, columns = one_hot_rows(rng, 50, 4, 3, 3)
     batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(50))
     by_entry = group_pairs(batch.index, batch.value)
     by_feature = group_pairs(batch.index, batch.value, with_entries=False)
