@@ -238,7 +238,7 @@ class Trainer:
                     )
                     weighted_sum = (data.weight[part_t] * sample_objective).sum()
                     objective = weighted_sum / len(rows)
-                    if position == 0:
+                    if position == 0 and config.attention_alpha > 0.0:
                         objective = objective + (
                             config.attention_alpha * module.attention_penalty()
                         )
