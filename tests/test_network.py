@@ -417,8 +417,13 @@ def test_distinct_pairs_bound_counts_distinct_entries_per_position(n_entries):
     assert bound == expected
 
 
+@pytest.mark.parametrize("cached", [True, False])
 @pytest.mark.parametrize("width", [2, 5])
-def test_occurrence_positions_are_the_rows_and_pairs_of_the_occurrences(width):
+def test_occurrence_positions_are_the_rows_and_pairs_of_the_occurrences(
+    monkeypatch, width, cached
+):
+    if not cached:
+        monkeypatch.setattr(skafm._network, "CACHED_POSITIONS_MAX_OCCURRENCES", 0)
     n_rows, n_pairs = 7, width * (width - 1) // 2
     occurrences = torch.tensor([0, 3, n_rows * n_pairs - 1, n_pairs, 1])
     left, right = skafm._network.occurrence_positions(occurrences, n_rows, width)
