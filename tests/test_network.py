@@ -482,7 +482,8 @@ def test_training_groups_one_hot_rows_by_feature_with_the_same_groups():
     batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(50))
     by_entry = group_pairs(batch.index, batch.value)
     by_feature = group_pairs(batch.index, batch.value, with_entries=False)
-    assert by_feature.entries is None and by_entry.entries is not None
+    assert by_feature.entries is None and by_feature.entry_pairs is None
+    assert by_entry.entries is not None
     assert torch.equal(by_feature.inverse, by_entry.inverse)
     assert torch.equal(by_feature.first, by_entry.first)
     # padding (value 0) or other values: entries are numbered as before
