@@ -64,9 +64,9 @@ def gemm_rates(args):
 def timed_prediction(predict_all, repeats=5):
     """Median seconds of ``repeats`` calls after one untimed call, and its result.
 
-    One timed call moves by up to 2x between runs on a busy machine (peers'
-    prediction rates went from 61k to 149k rows/s between two runs); every
-    library is timed this same way.
+    Every library is timed this same way. The untimed call takes the one-off
+    costs of a first call; the median damps a single slow call (a library's
+    rate still moves between runs of the script on a busy machine).
     """
     prediction = predict_all()
     times = []
