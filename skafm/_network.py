@@ -206,8 +206,7 @@ class AttentionalFactorizationMachine(nn.Module):
             scores, terms = score_pairs(entries, slices, n_groups, *network)
             scores = scores.index_select(0, groups.inverse)
             terms = terms.index_select(0, groups.inverse)
-        # rows of a prediction chunk have the same width: usually no padding
-        pair_mask = None if bool(mask.all()) else pairs_of(mask)
+        pair_mask = padded_pairs_mask(mask)
         weights = masked_softmax(scores.view(n_rows, -1), pair_mask)
         terms = terms.reshape(n_rows, -1, self.n_outputs)
         return output + torch.bmm(weights.unsqueeze(1), terms).squeeze(1)
@@ -247,8 +246,7 @@ class AttentionalFactorizationMachine(nn.Module):
         return linear, weights, contributions, left, right
 
     def _attention_pooling(self, scaled, mask, groups, generator, workspace):
-        # rows of one width, as batches bucketed by width mostly are: no mask
-        pair_mask = None if bool(mask.all()) else pairs_of(mask)
+        pair_mask = padded_pairs_mask(mask)
         keep = None
         if self.training and self.attention_dropout > 0.0:
             n_rows, width = mask.shape
@@ -1034,6 +1032,16 @@ def pairs_of(mask):
     """(rows, pairs) mask of the pairs whose two entries are both active."""
     left, right = pair_positions(mask.shape[1], mask.device)
     return columns(mask, left) & columns(mask, right)
+
+
+def padded_pairs_mask(mask):
+    """:func:`pairs_of`, or None when the batch has no padding.
+
+    Prediction chunks and most training batches hold rows of one width, and
+    :func:`masked_softmax` gives the same bits without a mask as with an
+    all-True one, minus the passes that build and apply it.
+    """
+    return None if bool(mask.all()) else pairs_of(mask)
 
 
 def columns(x, positions):
