@@ -57,6 +57,50 @@ def unique_groups(keys):
     return _unique_groups_packed(keys, low, position_bits)
 
 
+def sorted_groups(keys):
+    """Distinct values of an integer tensor, with its positions ordered by value.
+
+    What a segment sum needs (``torch.embedding_bag`` over ``order`` and
+    ``offsets`` sums each group's rows without a scatter); within a group,
+    positions keep their order, so the sums add in the same order as
+    ``index_add_`` over the inverse of :func:`unique_groups`.
+
+    Parameters
+    ----------
+    keys : Tensor of int64, any shape
+        Read flattened.
+
+    Returns
+    -------
+    values : Tensor of shape (n_groups,)
+        The distinct keys, in increasing order.
+    order : Tensor of shape (keys.numel(),)
+        Positions of the keys, sorted by key and then by position.
+    offsets : Tensor of shape (n_groups,)
+        Where each group starts in ``order``.
+    """
+    keys = keys.reshape(-1)
+    if keys.device.type != "cpu":
+        ordered, order = torch.sort(keys, stable=True)
+        values, counts = torch.unique_consecutive(ordered, return_counts=True)
+        return values, order, torch.cumsum(counts, 0) - counts
+    keys = keys.to(torch.int64).contiguous()
+    if len(keys) == 0:
+        return keys, keys, keys
+    low, high = (int(bound) for bound in torch.aminmax(keys))
+    position_bits = max(len(keys) - 1, 1).bit_length()
+    if (high - low).bit_length() + position_bits > _PACKED_BITS:
+        order = np.argsort(keys.numpy(), kind="stable")
+        ordered = keys.numpy()[order]
+        offsets = np.flatnonzero(_run_starts(ordered))
+        values = ordered[offsets]
+    else:
+        shifted, order = _packed_sort(keys.numpy(), low, position_bits)
+        offsets = np.flatnonzero(_run_starts(shifted))
+        values = shifted[offsets] + low
+    return torch.from_numpy(values), torch.from_numpy(order), torch.from_numpy(offsets)
+
+
 def distinct_values(keys):
     """The distinct values of an integer tensor, in increasing order."""
     keys = keys.reshape(-1)
@@ -87,16 +131,26 @@ def _unique_groups_dense(keys, low, high):
     return values, inverse, first
 
 
-def _unique_groups_packed(keys, low, position_bits):
-    keys = keys.numpy()
-    n = len(keys)
-    # ties broken by position: the first of a run is the first occurrence
+def _packed_sort(keys, low, position_bits):
+    """``keys - low`` sorted, and the positions in that order (a stable argsort).
+
+    Each key is packed with its position into one integer: numpy's value
+    sort of integers is much faster than its argsort, and ties are broken by
+    position.
+    """
     packed = keys - low
     packed <<= position_bits
-    packed |= np.arange(n, dtype=np.int64)
+    packed |= np.arange(len(keys), dtype=np.int64)
     packed.sort()
     order = packed & ((1 << position_bits) - 1)
     packed >>= position_bits
+    return packed, order
+
+
+def _unique_groups_packed(keys, low, position_bits):
+    n = len(keys)
+    # the first of a run is the first occurrence
+    packed, order = _packed_sort(keys.numpy(), low, position_bits)
     starts = _run_starts(packed)
     start_positions = np.flatnonzero(starts)
     first = order[start_positions]

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from skafm._optim import LazyAdam
+from skafm._optim import LazyAdam, summed_rows
 
 
 def train(optimizer_class, batches, lr=1e-2, shift=0):
@@ -52,3 +52,25 @@ def test_lazy_adam_refuses_dense_gradients():
     weight.sum().backward()
     with pytest.raises(RuntimeError, match="sparse gradients"):
         LazyAdam([weight]).step()
+
+
+def test_summed_rows_adds_like_index_add():
+    # the segment sum adds each row's entries in the order index_add_ does,
+    # so the two give the same bits
+    generator = torch.Generator().manual_seed(3)
+    indices = torch.randint(0, 300, (5000,), generator=generator)
+    values = torch.randn(5000, 16, generator=generator)
+    grad = torch.sparse_coo_tensor(
+        indices.unsqueeze(0), values, (300, 16), check_invariants=True
+    )
+    rows, summed, grouping = summed_rows(grad)
+    unique, inverse = torch.unique(indices, return_inverse=True)
+    expected = torch.zeros(len(unique), 16).index_add_(0, inverse, values)
+    assert torch.equal(rows, unique)
+    assert torch.equal(summed, expected)
+    # a table looked up with the same indices reuses the grouping
+    linear = torch.sparse_coo_tensor(
+        indices.unsqueeze(0), values[:, :1], (300, 1), check_invariants=True
+    )
+    rows, summed, _ = summed_rows(linear, grouping)
+    assert torch.equal(summed, expected[:, :1])

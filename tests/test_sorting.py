@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from skafm._sorting import _unique_groups_torch, distinct_values, unique_groups
+from skafm._sorting import (
+    _unique_groups_torch,
+    distinct_values,
+    sorted_groups,
+    unique_groups,
+)
 
 
 @pytest.mark.parametrize(
@@ -54,3 +59,30 @@ def test_distinct_values_equals_torch_unique():
     keys = torch.from_numpy(np.random.default_rng(0).integers(0, 50, (7, 30)))
     assert torch.equal(distinct_values(keys), torch.unique(keys))
     assert len(distinct_values(keys[:0])) == 0
+
+
+@pytest.mark.parametrize(
+    "n, high",
+    [
+        (1, 5),
+        (5000, 5382),  # a Frappe batch's table rows: packed with positions
+        (3000, 2**62),  # too wide to pack: a stable argsort
+    ],
+)
+@pytest.mark.parametrize("negative", [False, True])
+def test_sorted_groups_is_a_stable_sort_by_key(n, high, negative):
+    generator = torch.Generator().manual_seed(n)
+    keys = torch.randint(0, high, (n,), generator=generator)
+    if negative:
+        keys -= high // 2
+    values, order, offsets = sorted_groups(keys)
+    ordered, expected_order = torch.sort(keys, stable=True)
+    assert torch.equal(order, expected_order)
+    expected_values, counts = torch.unique_consecutive(ordered, return_counts=True)
+    assert torch.equal(values, expected_values)
+    assert torch.equal(offsets, torch.cumsum(counts, 0) - counts)
+
+
+def test_sorted_groups_of_nothing():
+    values, order, offsets = sorted_groups(torch.empty(0, dtype=torch.int64))
+    assert len(values) == len(order) == len(offsets) == 0
