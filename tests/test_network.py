@@ -266,7 +266,7 @@ def test_grouping_identical_pairs_changes_neither_outputs_nor_gradients(monkeypa
     short = rng.rand(60) < 0.3
     dense[short, columns[short, 5]] = 0.0
     batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(60))
-    groups = skafm._network.group_pairs(batch.index, batch.value)
+    groups = skafm._network.group_pairs(batch.index, batch.value, for_training=True)
     n_pairs = batch.index.shape[1] * (batch.index.shape[1] - 1) // 2
     assert len(groups.left) < 0.5 * 60 * n_pairs  # grouping does happen
 
@@ -459,7 +459,7 @@ def test_unpadded_batches_are_pooled_without_a_mask_with_the_same_bits(monkeypat
         module.embedding.detach()[batch.index] * batch.value.unsqueeze(-1)
     ).requires_grad_()
     pair_mask = skafm._network.pairs_of(batch.mask)
-    groups = group_pairs(batch.index, batch.value)
+    groups = group_pairs(batch.index, batch.value, for_training=True)
     select_left, select_right = pair_selectors(5, scaled.device)
     network = (module.attention_weight, module.attention_bias, module.attention_query)
     keep = (torch.rand(pair_mask.shape) > 0.3) / 0.7
@@ -480,18 +480,22 @@ def test_training_groups_one_hot_rows_by_feature_with_the_same_groups():
     rng = np.random.RandomState(0)
     dense, columns = one_hot_rows(rng, 50, 4, 3, 3)
     batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(50))
-    by_entry = group_pairs(batch.index, batch.value)
-    by_feature = group_pairs(batch.index, batch.value, with_entries=False)
+    by_feature = group_pairs(batch.index, batch.value, for_training=True)
     assert by_feature.entries is None and by_feature.entry_pairs is None
-    assert by_entry.entries is not None
-    assert torch.equal(by_feature.inverse, by_entry.inverse)
-    assert torch.equal(by_feature.first, by_entry.first)
+    # the groups of the batch's numbered entries
+    entry_ids, _ = skafm._network.distinct_entries(batch.index, batch.value)
+    rows_entries = entry_ids.view(batch.index.shape)
+    left, right = pair_positions(4, rows_entries.device)
+    keys = rows_entries[:, left] * 1000 + rows_entries[:, right]
+    _, inverse, first = skafm._network.unique_groups(keys)
+    assert torch.equal(by_feature.inverse, inverse)
+    assert torch.equal(by_feature.first, first)
     # padding (value 0) or other values: entries are numbered as before
     dense[:5, columns[:5, 3]] = 0.0
     dense[5:10, columns[5:10, 0]] = 2.0
     padded = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(50))
     assert (
-        group_pairs(padded.index, padded.value, with_entries=False).entries is not None
+        group_pairs(padded.index, padded.value, for_training=True).entries is not None
     )
 
 
@@ -509,3 +513,45 @@ def test_per_row_matmul_has_the_gradients_of_a_plain_product():
         assert torch.equal(
             rows[i], skafm._network.per_row_matmul(x[i : i + 1], weight)[0]
         )
+
+
+def test_prediction_groups_pairs_slot_by_slot():
+    """Slots joining small fields are counted, the others sorted: every
+    occurrence's group holds its own two entries, one group per pair and slot."""
+    rng = np.random.RandomState(0)
+    n_rows = 200
+    # fields of 2, 3, 4 and 60 categories: the pairs of the small fields are
+    # counted, most of the 60's are sorted; value 2.0 and padding add entries
+    sizes = np.array([2, 3, 4, 60])
+    columns = np.cumsum(np.r_[0, sizes[:-1]]) + (rng.rand(n_rows, 4) * sizes).astype(
+        int
+    )
+    dense = np.zeros((n_rows, sizes.sum()))
+    np.put_along_axis(dense, columns, 1.0, axis=1)
+    np.put_along_axis(dense[:10], columns[:10, :1], 2.0, axis=1)
+    np.put_along_axis(dense[10:20], columns[10:20, 3:], 0.0, axis=1)
+    batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(n_rows))
+    entry_ids, entries = skafm._network.distinct_entries(batch.index, batch.value)
+    rows_entries = entry_ids.view(n_rows, 4)
+    present = skafm._network.entries_by_position(rows_entries, len(entries))
+    per_position = present.sum(1)
+    left, right = pair_positions(4, rows_entries.device)
+    counted = per_position[left] * per_position[right] <= n_rows
+    assert counted.any() and not counted.all()
+
+    pairs, inverse = skafm._network.group_pairs_by_slot(rows_entries, present)
+    keys = rows_entries[:, left] * len(entries) + rows_entries[:, right]
+    assert torch.equal(pairs[inverse], keys.reshape(-1))
+    slots = torch.arange(len(left)).repeat(n_rows)
+    assert len(set(zip(slots.tolist(), keys.reshape(-1).tolist(), strict=True))) == (
+        len(pairs)
+    )
+
+    groups = group_pairs(batch.index, batch.value)
+    assert groups.first is None and groups.n_groups == len(pairs)
+    module = make_module(n_features=dense.shape[1])
+    with torch.no_grad():
+        predicted = module(batch.index, batch.value, batch.mask)
+    with torch.enable_grad():
+        pooled = module(batch.index, batch.value, batch.mask)
+    torch.testing.assert_close(predicted, pooled.detach(), rtol=1e-5, atol=1e-5)
