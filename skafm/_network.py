@@ -596,9 +596,9 @@ def group_pairs_by_slot(entry_ids, present):
     d_l * d_r values (d: the distinct entries at a position). On one-hot
     data most slots join two small fields: their pairs are grouped by
     counting over those few values, and only the pairs of the other slots
-    are sorted (on Frappe's test file, 82k of a chunk's 369k pairs: 3.8
-    against 5.7 ms per chunk). A pair that occurs in two slots falls in two
-    groups, which score alike.
+    are sorted (on Frappe's 28,860-row test file in one chunk, 173k of its
+    1.3M pairs: 10.9 against 24.6 ms for sorting all). A pair that occurs in
+    two slots falls in two groups, which score alike.
 
     Parameters
     ----------
