@@ -10,6 +10,13 @@ from skafm._sorting import (
 )
 
 
+def random_keys(n, high, negative):
+    """n keys drawn from [0, high), or from about [-high / 2, high / 2)."""
+    generator = torch.Generator().manual_seed(n)
+    keys = torch.randint(0, high, (n,), generator=generator)
+    return keys - high // 2 if negative else keys
+
+
 @pytest.mark.parametrize(
     "n, high",
     [
@@ -24,10 +31,7 @@ from skafm._sorting import (
 )
 @pytest.mark.parametrize("negative", [False, True])
 def test_unique_groups_equals_torch_unique(n, high, negative):
-    generator = torch.Generator().manual_seed(n)
-    keys = torch.randint(0, high, (n,), generator=generator)
-    if negative:
-        keys -= high // 2
+    keys = random_keys(n, high, negative)
     values, inverse, first = unique_groups(keys)
     expected = _unique_groups_torch(keys)
     for got, want in zip((values, inverse, first), expected, strict=True):
@@ -71,10 +75,7 @@ def test_distinct_values_equals_torch_unique():
 )
 @pytest.mark.parametrize("negative", [False, True])
 def test_sorted_groups_is_a_stable_sort_by_key(n, high, negative):
-    generator = torch.Generator().manual_seed(n)
-    keys = torch.randint(0, high, (n,), generator=generator)
-    if negative:
-        keys -= high // 2
+    keys = random_keys(n, high, negative)
     values, order, offsets = sorted_groups(keys)
     ordered, expected_order = torch.sort(keys, stable=True)
     assert torch.equal(order, expected_order)
