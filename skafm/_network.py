@@ -627,7 +627,11 @@ def group_pairs_by_slot(entry_ids, present):
     pairs = []
     if len(counted_slots) > 0:
         slot_pairs, groups = _counted_slot_groups(
-            by_position, present, left[counted_slots], right[counted_slots]
+            by_position,
+            present,
+            per_position,
+            left[counted_slots],
+            right[counted_slots],
         )
         inverse_by_slot.index_copy_(0, counted_slots, groups)
         pairs.append(slot_pairs)
@@ -641,7 +645,7 @@ def group_pairs_by_slot(entry_ids, present):
     return torch.cat(pairs), transposed(inverse_by_slot).view(-1)
 
 
-def _counted_slot_groups(by_position, present, left, right):
+def _counted_slot_groups(by_position, present, per_position, left, right):
     """:func:`group_pairs_by_slot` for slots (left, right), by counting.
 
     Each entry is numbered by its rank among its position's entries; a
@@ -650,18 +654,19 @@ def _counted_slot_groups(by_position, present, left, right):
     the groups' entry pairs and the (n_slots, n_rows) groups of the pairs.
     """
     n_entries = present.shape[1]
-    per_position = present.sum(1)
-    # 32-bit ranks and keys: half the memory traffic of 64-bit ones
-    rank = torch.cumsum(present, 1, dtype=torch.int32)
-    rank -= 1
-    ranks = torch.gather(rank, 1, by_position)
     n_right = per_position.index_select(0, right)
     n_values = per_position.index_select(0, left) * n_right
     slot_start = torch.cumsum(n_values, 0) - n_values
-    keys = ranks.index_select(0, left) * n_right.to(torch.int32).unsqueeze(1)
+    n_keys = int(n_values.sum())
+    # 32-bit ranks and keys where they fit: half the memory traffic
+    dtype = torch.int32 if n_keys < 2**31 else torch.int64
+    rank = torch.cumsum(present, 1, dtype=dtype)
+    rank -= 1
+    ranks = torch.gather(rank, 1, by_position)
+    keys = ranks.index_select(0, left) * n_right.to(dtype).unsqueeze(1)
     keys += ranks.index_select(0, right)
-    keys += slot_start.to(torch.int32).unsqueeze(1)
-    seen = torch.bincount(keys.view(-1), minlength=int(n_values.sum())) > 0
+    keys += slot_start.to(dtype).unsqueeze(1)
+    seen = torch.bincount(keys.view(-1), minlength=n_keys) > 0
     group_of_key = torch.cumsum(seen, 0)
     group_of_key -= 1
     groups = group_of_key.index_select(0, keys.view(-1)).view(keys.shape)
