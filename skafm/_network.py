@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _native
 from ._sorting import distinct_values, unique_groups
 
 EMBEDDING_INIT_STD = 0.01
@@ -255,6 +256,25 @@ class AttentionalFactorizationMachine(nn.Module):
                 torch.ones(n_rows, width * (width - 1) // 2, device=scaled.device),
                 self.attention_dropout,
                 generator,
+            )
+        # rows of fewer than two entries have no pairs: nothing to fuse
+        kernels = _native.for_tensor(scaled) if scaled.shape[1] > 1 else None
+        if kernels is not None:
+            if groups is None:
+                n_rows, width = mask.shape
+                pairs = every_pair(n_rows, width, scaled.device)
+            else:
+                pairs = (groups.left, groups.right, groups.inverse, groups.n_groups)
+            return FusedAttentionPooling.apply(
+                scaled,
+                pair_mask,
+                *pairs,
+                self.attention_weight,
+                self.attention_bias,
+                self.attention_query,
+                keep,
+                kernels,
+                workspace,
             )
         if groups is None:
             return self._pairwise_pooling(scaled, pair_mask, keep, workspace)
@@ -1025,6 +1045,114 @@ class PairwiseAttentionPooling(torch.autograd.Function):
             None,
             None,
         )
+
+
+class FusedAttentionPooling(torch.autograd.Function):
+    """:class:`AttentionPooling` in the fused CPU kernels of ``_kernels.cpp``.
+
+    The same computation as :class:`AttentionPooling` (with groups) and
+    :class:`PairwiseAttentionPooling` (every pair its own group, ``inverse``
+    None), with the attention network's matrix products in PyTorch and
+    everything around them in five kernels: the pairs' products, the
+    softmax with the weighted sum, its backward, the hidden units'
+    gradient, and the scatter of the pairs' gradients to their entries.
+    Each makes one pass where PyTorch operations make several (Frappe,
+    512-row batches: a training step 6.0 -> 4.9 ms). A row's result depends
+    on the row alone, as on the other paths, and on neither the batch nor
+    the number of threads.
+
+    ``left`` and ``right`` are the flat positions of each group's two
+    entries (both in one row), padded to whole ``PAIR_CHUNK`` chunks;
+    ``inverse`` maps each pair occurrence, row after row, to its group.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        scaled,
+        pair_mask,
+        left,
+        right,
+        inverse,
+        n_groups,
+        W,
+        b,
+        query,
+        keep,
+        kernels,
+        workspace=None,
+    ):
+        scaled = scaled.contiguous()
+        n_rows, width, k = scaled.shape
+        products = _new(workspace, "products", (len(left), k), scaled)
+        kernels.pair_products(scaled.view(-1, k), left, right, products)
+        hidden, group_scores = chunked_attention_network(
+            products, W, b, query, workspace
+        )
+        weights = scaled.new_empty(n_rows * (width * (width - 1) // 2))
+        pooled = kernels.pool_forward(
+            scaled, group_scores, inverse, pair_mask, keep, weights
+        )
+        ctx.save_for_backward(
+            scaled, weights, keep, products, hidden, W, query, left, right, inverse
+        )
+        ctx.n_groups, ctx.kernels, ctx.workspace = n_groups, kernels, workspace
+        return pooled
+
+    @staticmethod
+    def backward(ctx, grad_pooled):
+        (scaled, weights, keep, products, hidden, W, query, left, right, inverse) = (
+            ctx.saved_tensors
+        )
+        kernels, workspace = ctx.kernels, ctx.workspace
+        n_rows, width, k = scaled.shape
+        t = W.shape[0]
+        grad_scaled = torch.empty_like(scaled)
+        grad_scores = torch.empty_like(weights)
+        kernels.pool_backward(
+            scaled, weights, keep, grad_pooled.contiguous(), grad_scaled, grad_scores
+        )
+        flat_hidden = hidden.view(-1, t)
+        grad_groups = scaled.new_empty(len(flat_hidden))
+        grad_hidden = _new(workspace, "grad_hidden", flat_hidden.shape, flat_hidden)
+        kernels.hidden_grad(
+            grad_scores, inverse, flat_hidden, query, grad_groups, grad_hidden
+        )
+        grad_query = (flat_hidden.t() @ grad_groups).unsqueeze(-1)
+        # a column sum as a matrix-vector product: half the time of sum(0)
+        grad_b = torch.mv(grad_hidden.t(), grad_hidden.new_ones(len(grad_hidden)))
+        grad_W = grad_hidden.t() @ products
+        grads = [None] * 12
+        grads[6:9] = grad_W, grad_b, grad_query
+        if ctx.needs_input_grad[0]:
+            grad_products = torch.mm(
+                grad_hidden,
+                W,
+                out=_new(workspace, "grad_products", products.shape, products),
+            )
+            kernels.scatter_pair_grads(
+                scaled.view(-1, k),
+                grad_products,
+                left,
+                right,
+                ctx.n_groups,
+                width,
+                grad_scaled.view(-1, k),
+            )
+            grads[0] = grad_scaled
+        return tuple(grads)
+
+
+def every_pair(n_rows, width, device):
+    """``(left, right, inverse, n_groups)`` of a batch whose pairs are not grouped.
+
+    Every pair occurrence is its own group: the identity ``inverse`` is
+    None, and the positions are padded to whole ``PAIR_CHUNK`` chunks.
+    """
+    n_occurrences = n_rows * (width * (width - 1) // 2)
+    occurrences = torch.arange(n_occurrences, device=device)
+    left, right = occurrence_positions(occurrences, n_rows, width)
+    return left, right, None, n_occurrences
 
 
 def chunked_attention_network(products, W, b, query, workspace):

@@ -1,5 +1,6 @@
 """Warnings and errors raised by skafm."""
 
+from ._native import KernelBuildWarning
 from ._training import TrainingDivergedError
 
 
@@ -29,4 +30,4 @@ class InconsistentVersionWarning(UserWarning):
         )
 
 
-__all__ = ["InconsistentVersionWarning", "TrainingDivergedError"]
+__all__ = ["InconsistentVersionWarning", "KernelBuildWarning", "TrainingDivergedError"]

@@ -19,6 +19,21 @@ from skafm._network import (
 )
 
 
+@pytest.fixture(params=["fused", "torch"])
+def pooling(request, monkeypatch):
+    """Training pools with the fused CPU kernels, or with PyTorch operations."""
+    if request.param == "torch":
+        monkeypatch.setattr(skafm._native, "kernels", lambda: None)
+    elif skafm._native.kernels() is None:
+        pytest.skip("the fused kernels cannot be built here")
+    return request.param
+
+
+@pytest.fixture
+def torch_pooling(monkeypatch):
+    monkeypatch.setattr(skafm._native, "kernels", lambda: None)
+
+
 def make_module(n_features=12, n_outputs=1, attention=True, seed=0, **kwargs):
     generator = torch.Generator().manual_seed(seed)
     module = AttentionalFactorizationMachine(
@@ -206,7 +221,7 @@ def test_attention_pooling_backward_matches_numerical_gradients(with_dropout):
     assert torch.autograd.gradcheck(pairwise_pooled, (scaled, W, b, query))
 
 
-def test_afm_started_from_an_fm_reproduces_it_on_rows_of_the_mean_width():
+def test_afm_started_from_an_fm_reproduces_it_on_rows_of_the_mean_width(pooling):
     fm = make_module(attention=False, seed=1)
     afm = make_module(attention=True, seed=2)
     rng = np.random.RandomState(0)
@@ -231,7 +246,7 @@ def test_afm_started_from_an_fm_reproduces_it_on_rows_of_the_mean_width():
     assert afm.attention_query.grad.abs().sum() > 0
 
 
-def test_training_steps_with_a_workspace_match_fresh_allocations():
+def test_training_steps_with_a_workspace_match_fresh_allocations(pooling):
     """Reused buffers give the same gradients, step after step, at any width."""
     from skafm._network import PairWorkspace
 
@@ -255,7 +270,9 @@ def test_training_steps_with_a_workspace_match_fresh_allocations():
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_grouping_identical_pairs_changes_neither_outputs_nor_gradients(monkeypatch):
+def test_grouping_identical_pairs_changes_neither_outputs_nor_gradients(
+    monkeypatch, pooling
+):
     """The attention network runs once per distinct pair; the result is the same."""
     rng = np.random.RandomState(0)
     # 6 fields of 2 categories, values 1 or 2: pairs repeat. Some rows lack
@@ -381,7 +398,7 @@ def test_feature_lookup_matches_embedding_lookups(n_outputs):
 
 @pytest.mark.parametrize("one_hot", [True, False])
 @pytest.mark.parametrize("n_outputs", [1, 3])
-def test_prediction_path_matches_the_training_path(one_hot, n_outputs):
+def test_prediction_path_matches_the_training_path(one_hot, n_outputs, pooling):
     """Without gradients, eval mode sums per-pair terms instead of pooling vectors."""
     rng = np.random.RandomState(0)
     if one_hot:
@@ -437,7 +454,9 @@ def test_occurrence_positions_are_the_rows_and_pairs_of_the_occurrences(
     assert torch.all(left[n:] == 0) and torch.all(right[n:] == 1)
 
 
-def test_unpadded_batches_are_pooled_without_a_mask_with_the_same_bits(monkeypatch):
+def test_unpadded_batches_are_pooled_without_a_mask_with_the_same_bits(
+    monkeypatch, torch_pooling
+):
     """Without padding the pair mask is skipped: the same outputs and
     gradients, bit for bit, as with its all-True mask, on both paths."""
     dense, _ = one_hot_rows(np.random.RandomState(0), 40, 5, 2, 2)

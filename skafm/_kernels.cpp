@@ -1,0 +1,331 @@
+// Fused CPU kernels for the attention pooling of a training step.
+//
+// Each kernel replaces a run of PyTorch operations that would each make a
+// pass over a few MB of per-pair data: in eager PyTorch those passes, not
+// the arithmetic, dominate a training step. The attention network's matrix
+// products stay in PyTorch (its GEMM is faster than anything written here).
+//
+// Work is split so that no two threads write the same element and every
+// sum is taken in a fixed order: rows, groups or columns are divided among
+// threads, never a reduction. Results therefore do not depend on the
+// number of threads.
+//
+// Compiled on first use by skafm/_native.py and registered as torch.ops.skafm.
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <vector>
+
+namespace {
+
+// Pairs (i < j) of a row of width w are numbered row-major, as
+// torch.triu_indices(w, w, offset=1) lists them.
+inline int64_t n_pairs_of(int64_t width) { return width * (width - 1) / 2; }
+
+// Sizes of the work a thread takes at once: small enough that a batch
+// splits between threads, large enough to pay for starting them.
+constexpr int64_t kRowGrain = 8;
+constexpr int64_t kGroupGrain = 256;
+
+template <typename T>
+const T* optional_data(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
+}
+
+// Vector loops over one row of k floats. Sizes and pointers are passed by
+// value with __restrict: inside the lambdas of parallel_for, captured
+// references could alias the stores, and the compiler would neither keep
+// them in registers nor vectorize.
+template <typename T>
+inline void multiply(T* __restrict out, const T* __restrict a, const T* __restrict b,
+                     int64_t n) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) out[c] = a[c] * b[c];
+}
+
+template <typename T>
+inline void add_scaled(T* __restrict y, T a, const T* __restrict x, int64_t n) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
+}
+
+template <typename T>
+inline void add_product(T* __restrict y, const T* __restrict a, const T* __restrict b,
+                        int64_t n) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) y[c] += a[c] * b[c];
+}
+
+template <typename T>
+inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
+  T total = 0;
+#pragma omp simd reduction(+ : total)
+  for (int64_t c = 0; c < n; ++c) total += a[c] * b[c];
+  return total;
+}
+
+template <typename T>
+inline void masked_scale(T* __restrict out, const T* __restrict gate, T a,
+                         const T* __restrict x, int64_t n) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) out[c] = gate[c] > 0 ? a * x[c] : T(0);
+}
+
+// out[g] = flat[left[g]] * flat[right[g]] for every group g.
+void pair_products(const at::Tensor& flat, const at::Tensor& left,
+                   const at::Tensor& right, at::Tensor& out) {
+  const int64_t n = left.size(0), k = flat.size(1);
+  const int64_t* l = left.data_ptr<int64_t>();
+  const int64_t* r = right.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(flat.scalar_type(), "pair_products", [&] {
+    const scalar_t* e = flat.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, n, kGroupGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) multiply(o + g * k, e + l[g] * k, e + r[g] * k, k);
+    });
+  });
+}
+
+// exp for the softmax, vectorisable (the C library's expf is a call per
+// value, which took half of pool_forward's time): Cephes' expf, 2^n exp(r)
+// with |r| <= ln(2)/2 and a degree-7 polynomial, within 2 ulp of expf.
+// Arguments are clamped to [-87, 88] (exp(-87) = 1.6e-38 stays normal):
+// the softmax only takes exp of scores minus their maximum, <= 0.
+inline float exp_of(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline double exp_of(double x) { return std::exp(x); }
+
+// Masked softmax of one row's pair scores into `weights` (0 for masked
+// pairs, all 0 when no pair is active).
+template <typename T>
+void row_softmax(const T* __restrict scores_of_pair, const bool* __restrict mask,
+                 int64_t n_pairs, T* __restrict weights) {
+  T highest = -std::numeric_limits<T>::infinity();
+  bool any = false;
+  for (int64_t p = 0; p < n_pairs; ++p) {
+    if (!mask || mask[p]) {
+      highest = std::max(highest, scores_of_pair[p]);
+      any = true;
+    }
+  }
+  if (!any) {
+    std::fill(weights, weights + n_pairs, T(0));
+    return;
+  }
+#pragma omp simd
+  for (int64_t p = 0; p < n_pairs; ++p) weights[p] = exp_of(scores_of_pair[p] - highest);
+  if (mask) {
+    for (int64_t p = 0; p < n_pairs; ++p)
+      if (!mask[p]) weights[p] = T(0);
+  }
+  T total = 0;
+  for (int64_t p = 0; p < n_pairs; ++p) total += weights[p];
+  const T inverse_total = T(1) / total;
+#pragma omp simd
+  for (int64_t p = 0; p < n_pairs; ++p) weights[p] *= inverse_total;
+}
+
+// Per row: softmax of its pair scores and the pooled vector
+// sum_{i<j} a_ij keep_ij (e_i * e_j), computed as sum_i e_i * (sum_j a_ij e_j).
+// Pair scores are read through `inverse` (one score per group) when given.
+at::Tensor pool_forward(const at::Tensor& scaled, const at::Tensor& scores,
+                        const std::optional<at::Tensor>& inverse,
+                        const std::optional<at::Tensor>& pair_mask,
+                        const std::optional<at::Tensor>& keep,
+                        at::Tensor& weights) {
+  const int64_t n_rows = scaled.size(0), width = scaled.size(1), k = scaled.size(2);
+  const int64_t n_pairs = n_pairs_of(width);
+  at::Tensor pooled = at::zeros({n_rows, k}, scaled.options());
+  const int64_t* inv = optional_data<int64_t>(inverse);
+  const bool* mask = optional_data<bool>(pair_mask);
+  AT_DISPATCH_FLOATING_TYPES(scaled.scalar_type(), "pool_forward", [&] {
+    const scalar_t* e = scaled.data_ptr<scalar_t>();
+    const scalar_t* s = scores.data_ptr<scalar_t>();
+    const scalar_t* kp = optional_data<scalar_t>(keep);
+    scalar_t* w_all = weights.data_ptr<scalar_t>();
+    scalar_t* out = pooled.data_ptr<scalar_t>();
+    at::parallel_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> row_scores(n_pairs), used(n_pairs), acc(k);
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t first = r * n_pairs;
+        for (int64_t p = 0; p < n_pairs; ++p)
+          row_scores[p] = inv ? s[inv[first + p]] : s[first + p];
+        scalar_t* w = w_all + first;
+        row_softmax(row_scores.data(), mask ? mask + first : nullptr, n_pairs, w);
+        for (int64_t p = 0; p < n_pairs; ++p) used[p] = kp ? w[p] * kp[first + p] : w[p];
+        const scalar_t* row = e + r * width * k;
+        int64_t p = 0;
+        for (int64_t i = 0; i < width; ++i) {
+          std::fill(acc.begin(), acc.end(), scalar_t(0));
+          for (int64_t j = i + 1; j < width; ++j, ++p)
+            add_scaled(acc.data(), used[p], row + j * k, k);
+          add_product(out + r * k, row + i * k, acc.data(), k);
+        }
+      }
+    });
+  });
+  return pooled;
+}
+
+// Backward of pool_forward's softmax and weighted sum, per row:
+// grad_scores = d/d(pair scores); grad_scaled = the pooling's part of
+// d/d(scaled), g * sum_j u_ij e_j (the attention network's part is added by
+// scatter_pair_grads).
+void pool_backward(const at::Tensor& scaled, const at::Tensor& weights,
+                   const std::optional<at::Tensor>& keep,
+                   const at::Tensor& grad_pooled, at::Tensor& grad_scaled,
+                   at::Tensor& grad_scores) {
+  const int64_t n_rows = scaled.size(0), width = scaled.size(1), k = scaled.size(2);
+  const int64_t n_pairs = n_pairs_of(width);
+  AT_DISPATCH_FLOATING_TYPES(scaled.scalar_type(), "pool_backward", [&] {
+    const scalar_t* e = scaled.data_ptr<scalar_t>();
+    const scalar_t* w_all = weights.data_ptr<scalar_t>();
+    const scalar_t* kp = optional_data<scalar_t>(keep);
+    const scalar_t* gp = grad_pooled.data_ptr<scalar_t>();
+    scalar_t* gs_all = grad_scores.data_ptr<scalar_t>();
+    scalar_t* ge_all = grad_scaled.data_ptr<scalar_t>();
+    at::parallel_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scaled_grad(k), grad_weights(n_pairs);
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t first = r * n_pairs;
+        const scalar_t* row = e + r * width * k;
+        const scalar_t* g = gp + r * k;
+        const scalar_t* w = w_all + first;
+        scalar_t* ge = ge_all + r * width * k;
+        std::fill(ge, ge + width * k, scalar_t(0));
+        int64_t p = 0;
+        for (int64_t i = 0; i < width; ++i) {
+          const scalar_t* ei = row + i * k;
+          multiply(scaled_grad.data(), ei, g, k);
+          for (int64_t j = i + 1; j < width; ++j, ++p) {
+            const scalar_t* ej = row + j * k;
+            const scalar_t pair_dot = dot(scaled_grad.data(), ej, k);
+            const scalar_t u = kp ? w[p] * kp[first + p] : w[p];
+            grad_weights[p] = kp ? pair_dot * kp[first + p] : pair_dot;
+            // d/de_i gets u e_j and d/de_j gets u e_i, both times g below
+            add_scaled(ge + i * k, u, ej, k);
+            add_scaled(ge + j * k, u, ei, k);
+          }
+        }
+        for (int64_t i = 0; i < width; ++i) {
+          std::copy(ge + i * k, ge + (i + 1) * k, scaled_grad.data());
+          multiply(ge + i * k, scaled_grad.data(), g, k);
+        }
+        scalar_t weighted = 0;
+        for (int64_t q = 0; q < n_pairs; ++q) weighted += w[q] * grad_weights[q];
+        scalar_t* gs = gs_all + first;
+        for (int64_t q = 0; q < n_pairs; ++q)
+          gs[q] = w[q] * (grad_weights[q] - weighted);
+      }
+    });
+  });
+}
+
+// Sums the pair occurrences' score gradients into their groups, then the
+// hidden units' gradient of each group: grad_group * query where the
+// hidden unit is positive (ReLU), else 0.
+void hidden_grad(const at::Tensor& grad_scores,
+                 const std::optional<at::Tensor>& inverse,
+                 const at::Tensor& hidden, const at::Tensor& query,
+                 at::Tensor& grad_groups, at::Tensor& grad_hidden) {
+  const int64_t n_groups = hidden.size(0), t = hidden.size(1);
+  const int64_t n_occurrences = grad_scores.numel();
+  const int64_t* inv = optional_data<int64_t>(inverse);
+  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "hidden_grad", [&] {
+    const scalar_t* gs = grad_scores.data_ptr<scalar_t>();
+    const scalar_t* h = hidden.data_ptr<scalar_t>();
+    const scalar_t* q = query.data_ptr<scalar_t>();
+    scalar_t* gg = grad_groups.data_ptr<scalar_t>();
+    scalar_t* gh = grad_hidden.data_ptr<scalar_t>();
+    std::fill(gg, gg + n_groups, scalar_t(0));
+    // in occurrence order, as index_add_ on the CPU
+    if (inv) {
+      for (int64_t o = 0; o < n_occurrences; ++o) gg[inv[o]] += gs[o];
+    } else {
+      std::copy(gs, gs + n_occurrences, gg);
+    }
+    at::parallel_for(0, n_groups, kGroupGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) masked_scale(gh + g * t, h + g * t, gg[g], q, t);
+    });
+  });
+}
+
+// grad_flat[left[g]] += flat[right[g]] * grad_products[g] and
+// grad_flat[right[g]] += flat[left[g]] * grad_products[g] for the first
+// n_groups groups. A group's two positions lie in one row of `width`
+// entries; groups are bucketed by that row (stably), and threads take
+// whole rows, so each sum keeps the group order whatever the threads.
+void scatter_pair_grads(const at::Tensor& flat, const at::Tensor& grad_products,
+                        const at::Tensor& left, const at::Tensor& right,
+                        int64_t n_groups, int64_t width, at::Tensor& grad_flat) {
+  TORCH_CHECK(width > 1, "scatter_pair_grads: rows need two entries to hold pairs");
+  const int64_t k = flat.size(1), n_rows = flat.size(0) / width;
+  const int64_t* l = left.data_ptr<int64_t>();
+  const int64_t* r = right.data_ptr<int64_t>();
+  std::vector<int64_t> start(n_rows + 1, 0), order(n_groups);
+  for (int64_t g = 0; g < n_groups; ++g) ++start[l[g] / width + 1];
+  for (int64_t row = 0; row < n_rows; ++row) start[row + 1] += start[row];
+  std::vector<int64_t> next(start.begin(), start.end() - 1);
+  for (int64_t g = 0; g < n_groups; ++g) order[next[l[g] / width]++] = g;
+  AT_DISPATCH_FLOATING_TYPES(flat.scalar_type(), "scatter_pair_grads", [&] {
+    const scalar_t* e = flat.data_ptr<scalar_t>();
+    const scalar_t* gp = grad_products.data_ptr<scalar_t>();
+    scalar_t* ge = grad_flat.data_ptr<scalar_t>();
+    at::parallel_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = start[begin]; i < start[end]; ++i) {
+        const int64_t g = order[i];
+        add_product(ge + l[g] * k, e + r[g] * k, gp + g * k, k);
+        add_product(ge + r[g] * k, e + l[g] * k, gp + g * k, k);
+      }
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(skafm, m) {
+  m.def("pair_products(Tensor flat, Tensor left, Tensor right, Tensor(a!) out) -> ()",
+        &pair_products);
+  m.def(
+      "pool_forward(Tensor scaled, Tensor scores, Tensor? inverse, Tensor? pair_mask, "
+      "Tensor? keep, Tensor(a!) weights) -> Tensor",
+      &pool_forward);
+  m.def(
+      "pool_backward(Tensor scaled, Tensor weights, Tensor? keep, Tensor grad_pooled, "
+      "Tensor(a!) grad_scaled, Tensor(b!) grad_scores) -> ()",
+      &pool_backward);
+  m.def(
+      "hidden_grad(Tensor grad_scores, Tensor? inverse, Tensor hidden, Tensor query, "
+      "Tensor(a!) grad_groups, Tensor(b!) grad_hidden) -> ()",
+      &hidden_grad);
+  m.def(
+      "scatter_pair_grads(Tensor flat, Tensor grad_products, Tensor left, Tensor right, "
+      "int n_groups, int width, Tensor(a!) grad_flat) -> ()",
+      &scatter_pair_grads);
+}

@@ -1,0 +1,260 @@
+"""The fused CPU kernels: their build, and their results against PyTorch's."""
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import skafm._native as native
+from skafm import AFMRegressor
+from skafm._batching import as_active_features, pad_rows
+from skafm._network import (
+    AttentionPooling,
+    FusedAttentionPooling,
+    PairwiseAttentionPooling,
+    every_pair,
+    group_pairs,
+    pair_selectors,
+    pairs_of,
+    ungrouped_pairs,
+)
+from skafm._threads import thread_limit
+from skafm.datasets import make_interaction_data
+from skafm.exceptions import KernelBuildWarning
+
+
+@pytest.fixture
+def kernels():
+    built = native.kernels()
+    if built is None:
+        pytest.skip("the fused kernels cannot be built here")
+    return built
+
+
+@pytest.fixture
+def fresh_build_state(monkeypatch, tmp_path):
+    """An empty build cache and no kernels loaded by earlier calls."""
+    monkeypatch.setenv(native.CACHE_DIR, str(tmp_path))
+    native.kernels.cache_clear()
+    yield tmp_path
+    native.kernels.cache_clear()
+
+
+def test_kernels_build_where_a_compiler_is_found():
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None or not native.enabled():
+        pytest.skip(f"no compiler {compiler!r} here, or the kernels are off")
+    assert native.kernels() is not None
+
+
+def network(k, t, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    W = torch.randn(t, k, generator=generator, dtype=dtype)
+    b = torch.randn(t, generator=generator, dtype=dtype)
+    query = torch.randn(t, 1, generator=generator, dtype=dtype)
+    return [p.requires_grad_() for p in (W, b, query)]
+
+
+def one_hot_batch(n_rows=60, n_fields=5, seed=0):
+    """One-hot rows of 2-category fields (pairs repeat); some rows are short."""
+    rng = np.random.RandomState(seed)
+    columns = 2 * np.arange(n_fields) + rng.randint(0, 2, size=(n_rows, n_fields))
+    dense = np.zeros((n_rows, 2 * n_fields))
+    np.put_along_axis(dense, columns, 1.0, axis=1)
+    dense[:3, columns[0, 1:]] = 0.0  # rows with one active feature: no pairs
+    dense[3:10, columns[0, 3:]] = 0.0
+    return pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(n_rows))
+
+
+@pytest.mark.parametrize("with_dropout", [False, True])
+@pytest.mark.parametrize("through_inverse", [False, True])
+def test_fused_pooling_gradients_match_numerical_gradients(
+    kernels, with_dropout, through_inverse
+):
+    generator = torch.Generator().manual_seed(0)
+    n_rows, width, k, t = 4, 5, 3, 2
+    scaled = torch.randn(n_rows, width, k, dtype=torch.float64, generator=generator)
+    mask = torch.tensor(
+        [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+        dtype=torch.bool,
+    )
+    pair_mask = pairs_of(mask)
+    if through_inverse:
+        # every pair its own group, read through an identity inverse
+        groups = ungrouped_pairs(n_rows, width, scaled.device)
+        pairs = (groups.left, groups.right, groups.inverse, groups.n_groups)
+    else:
+        pairs = every_pair(n_rows, width, scaled.device)
+    keep = None
+    if with_dropout:
+        keep = (torch.rand(pair_mask.shape, generator=generator) > 0.3) / 0.7
+        keep = keep.double()
+
+    def pooled(scaled, W, b, query):
+        return FusedAttentionPooling.apply(
+            scaled, pair_mask, *pairs, W, b, query, keep, kernels
+        )
+
+    inputs = (scaled.requires_grad_(), *network(k, t, torch.float64))
+    assert torch.autograd.gradcheck(pooled, inputs)
+
+
+def pooled_and_gradients(pool, scaled, structure, network_parameters):
+    scaled = scaled.detach().requires_grad_()
+    pooled = pool(scaled, *structure, *network_parameters)
+    weights = torch.linspace(-1, 1, pooled.numel()).view(pooled.shape)
+    gradients = torch.autograd.grad(
+        (pooled * weights).sum(), (scaled, *network_parameters)
+    )
+    return [pooled, *gradients]
+
+
+def test_fused_pooling_matches_pytorch_operations(kernels):
+    batch = one_hot_batch()
+    n_rows, width = batch.index.shape
+    k, t = 8, 6
+    embedding = torch.randn(20, k, generator=torch.Generator().manual_seed(1))
+    scaled = embedding[batch.index] * batch.value.unsqueeze(-1)
+    pair_mask = pairs_of(batch.mask)
+    keep = (
+        torch.rand(pair_mask.shape, generator=torch.Generator().manual_seed(2)) > 0.3
+    ) / 0.7
+    parameters = network(k, t, torch.float32)
+    groups = group_pairs(batch.index, batch.value, for_training=True)
+    assert groups is not None and groups.n_groups < 0.5 * len(groups.inverse)
+    grouped = (groups.left, groups.right, groups.inverse, groups.n_groups)
+    ungrouped = every_pair(n_rows, width, scaled.device)
+    selectors = pair_selectors(width, scaled.device)
+
+    def fused(scaled, *args):
+        *structure, W, b, query = args
+        return FusedAttentionPooling.apply(
+            scaled, pair_mask, *structure, W, b, query, keep, kernels
+        )
+
+    def with_torch(pool):
+        def run(scaled, *args):
+            *structure, W, b, query = args
+            return pool.apply(scaled, pair_mask, *structure, W, b, query, keep)
+
+        return run
+
+    for fused_structure, pool, structure in [
+        (grouped, AttentionPooling, (groups,)),
+        (ungrouped, PairwiseAttentionPooling, selectors),
+    ]:
+        got = pooled_and_gradients(fused, scaled, fused_structure, parameters)
+        want = pooled_and_gradients(with_torch(pool), scaled, structure, parameters)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def fused_runner(kernels, n_rows=200):
+    """Pooled outputs and gradients of a one-hot batch on the fused path."""
+    batch = one_hot_batch(n_rows=n_rows, n_fields=6)
+    k, t = 16, 8
+    embedding = torch.randn(20, k, generator=torch.Generator().manual_seed(1))
+    scaled = embedding[batch.index] * batch.value.unsqueeze(-1)
+    pair_mask = pairs_of(batch.mask)
+    parameters = network(k, t, torch.float32)
+
+    def run(structure, rows=slice(None)):
+        return pooled_and_gradients(
+            lambda scaled, *args: FusedAttentionPooling.apply(
+                scaled, pair_mask[rows], *args[:4], *args[4:], None, kernels
+            ),
+            scaled[rows],
+            structure,
+            parameters,
+        )
+
+    groups = group_pairs(batch.index, batch.value, for_training=True)
+    grouped = (groups.left, groups.right, groups.inverse, groups.n_groups)
+    return run, grouped, batch.index.shape[1]
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="torch runs one thread")
+def test_fused_pooling_does_not_depend_on_the_number_of_threads(kernels):
+    run, grouped, _ = fused_runner(kernels)
+    several = run(grouped)
+    # the limit skafm applies for n_threads (torch.set_num_threads would
+    # change the process's setting for every later test)
+    with thread_limit(1):
+        assert torch.get_num_threads() == 1
+        one = run(grouped)
+    for a, b in zip(one, several, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_fused_pooling_of_a_row_does_not_depend_on_its_batch_mates(kernels):
+    run, grouped, width = fused_runner(kernels)
+    pooled = run(grouped)[0]
+    # each pair scored on its own, the rows' outputs are the same bits
+    assert torch.equal(run(every_pair(200, width, pooled.device))[0], pooled)
+    for row in [0, 5, 77, 199]:
+        alone = run(every_pair(1, width, pooled.device), slice(row, row + 1))[0]
+        assert torch.equal(alone[0], pooled[row])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_fitted_models_agree_with_and_without_the_kernels(kernels, monkeypatch):
+    X, y, _ = make_interaction_data(600, n_fields=5, n_categories=4, random_state=0)
+    settings = dict(
+        n_factors=8, attention_size=8, max_iter=3, batch_size=64, random_state=0
+    )
+    fused = AFMRegressor(**settings).fit(X, y).predict(X)
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    plain = AFMRegressor(**settings).fit(X, y).predict(X)
+    np.testing.assert_allclose(fused, plain, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_a_failed_build_warns_and_training_falls_back(fresh_build_state, monkeypatch):
+    monkeypatch.setenv("CXX", str(fresh_build_state / "no-such-compiler"))
+    with pytest.warns(KernelBuildWarning, match="could not build"):
+        assert native.kernels() is None
+    # no partial library is left behind
+    assert not list(fresh_build_state.glob("*.so"))
+    X, y, _ = make_interaction_data(200, n_fields=4, n_categories=3, random_state=0)
+    AFMRegressor(max_iter=1, random_state=0).fit(X, y)
+
+
+def test_the_environment_switches_the_kernels_off(fresh_build_state, monkeypatch):
+    monkeypatch.setenv(native.SWITCH, "0")
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("nothing should be compiled")
+
+    monkeypatch.setattr(subprocess, "run", no_build)
+    assert native.kernels() is None
+    assert native.for_tensor(torch.zeros(3)) is None
+
+
+def test_a_build_is_compiled_once_and_then_reused(fresh_build_state, monkeypatch):
+    calls = []
+
+    def fake_compiler(command, **kwargs):
+        calls.append(command)
+        output = command[command.index("-o") + 1]
+        with open(output, "w") as library:
+            library.write("built")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_compiler)
+    first = native.built_library()
+    second = native.built_library()
+    assert first == second and first.read_text() == "built"
+    assert len(calls) == 1
+    assert [p.name for p in fresh_build_state.iterdir()] == [first.name]
+
+
+def test_kernels_serve_cpu_float_tensors_only(kernels):
+    assert native.for_tensor(torch.zeros(3)) is kernels
+    assert native.for_tensor(torch.zeros(3, dtype=torch.float64)) is kernels
+    assert native.for_tensor(torch.zeros(3, dtype=torch.float16)) is None
+    if torch.cuda.is_available():
+        assert native.for_tensor(torch.zeros(3, device="cuda")) is None
