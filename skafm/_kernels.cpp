@@ -15,6 +15,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -24,6 +25,7 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -72,6 +74,22 @@ inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
 #pragma omp simd reduction(+ : total)
   for (int64_t c = 0; c < n; ++c) total += a[c] * b[c];
   return total;
+}
+
+// Adam's update of one row, in the order of torch's lerp_ (weight < 0.5),
+// mul_ and addcmul_, sqrt_, add_, div_ and sub_.
+template <typename T>
+inline void adam_update(T* __restrict w, T* __restrict m, T* __restrict v,
+                        const T* __restrict g, T weight, T decay, T new_share,
+                        T step_size, T eps, int64_t n) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) {
+    const T mean = m[c] + weight * (g[c] - m[c]);
+    const T square = v[c] * decay + new_share * g[c] * g[c];
+    m[c] = mean;
+    v[c] = square;
+    w[c] = w[c] - step_size * (mean / (std::sqrt(square) + eps));
+  }
 }
 
 template <typename T>
@@ -307,6 +325,94 @@ void scatter_pair_grads(const at::Tensor& flat, const at::Tensor& grad_products,
   });
 }
 
+// One lazy Adam step on the rows of a table that a sparse gradient touches
+// (LazyAdam in skafm/_optim.py): row rows[u] sums the gradient entries
+// order[offsets[u]:offsets[u+1]] (in that order), then its moments and
+// value are updated with torch.optim.SparseAdam's arithmetic, in the order
+// of the PyTorch operations it replaces (lerp, mul and addcmul, sqrt, add,
+// div, sub). Threads take whole rows.
+void lazy_adam_rows(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
+                    const at::Tensor& rows, const at::Tensor& order,
+                    const at::Tensor& offsets, const at::Tensor& values,
+                    double step_size, double beta1, double beta2, double eps) {
+  const int64_t n_rows = rows.size(0), k = param.numel() / std::max<int64_t>(param.size(0), 1);
+  const int64_t n_entries = order.size(0);
+  const int64_t* row = rows.data_ptr<int64_t>();
+  const int64_t* ord = order.data_ptr<int64_t>();
+  const int64_t* off = offsets.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "lazy_adam_rows", [&] {
+    scalar_t* w = param.data_ptr<scalar_t>();
+    scalar_t* m = exp_avg.data_ptr<scalar_t>();
+    scalar_t* v = exp_avg_sq.data_ptr<scalar_t>();
+    const scalar_t* grads = values.data_ptr<scalar_t>();
+    const scalar_t weight = scalar_t(1 - beta1), decay = scalar_t(beta2);
+    const scalar_t new_share = scalar_t(1 - beta2), size = scalar_t(step_size);
+    const scalar_t epsilon = scalar_t(eps);
+    at::parallel_for(0, n_rows, kGroupGrain, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> grad(k);
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t stop = u + 1 < n_rows ? off[u + 1] : n_entries;
+        std::copy(grads + ord[off[u]] * k, grads + (ord[off[u]] + 1) * k, grad.data());
+        for (int64_t e = off[u] + 1; e < stop; ++e)
+          add_scaled(grad.data(), scalar_t(1), grads + ord[e] * k, k);
+        adam_update(w + row[u] * k, m + row[u] * k, v + row[u] * k, grad.data(), weight,
+                    decay, new_share, size, epsilon, k);
+      }
+    });
+  });
+}
+
+// Groups the pairs of a batch's rows by their two entries, numbering
+// groups in the order of their first occurrence (row after row, pairs in
+// triu order), with a hash table instead of a sort. entry_ids is (n_rows,
+// width). Returns each occurrence's group, the flat positions of each
+// group's first occurrence (padded to whole chunks with occurrence 0's),
+// and the number of groups.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> group_pairs_hashed(
+    const at::Tensor& entry_ids, int64_t n_entries, int64_t chunk) {
+  const int64_t n_rows = entry_ids.size(0), width = entry_ids.size(1);
+  const int64_t n_pairs = n_pairs_of(width), n_occurrences = n_rows * n_pairs;
+  const int64_t* ids = entry_ids.data_ptr<int64_t>();
+  at::Tensor inverse = at::empty({n_occurrences}, entry_ids.options());
+  int64_t* inv = inverse.data_ptr<int64_t>();
+  // open addressing, at most half full
+  int64_t capacity = 16;
+  while (capacity < 2 * n_occurrences) capacity *= 2;
+  const int64_t mask = capacity - 1;
+  std::vector<int64_t> keys(capacity, -1), group_of(capacity);
+  std::vector<int64_t> left, right;
+  left.reserve(n_occurrences / 2 + chunk);
+  right.reserve(n_occurrences / 2 + chunk);
+  for (int64_t r = 0, o = 0; r < n_rows; ++r) {
+    const int64_t* row = ids + r * width;
+    for (int64_t i = 0; i < width; ++i) {
+      const int64_t base = row[i] * n_entries;
+      for (int64_t j = i + 1; j < width; ++j, ++o) {
+        const int64_t key = base + row[j];
+        int64_t slot = static_cast<int64_t>(
+            (static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ULL) >> 20) & mask;
+        while (keys[slot] != -1 && keys[slot] != key) slot = (slot + 1) & mask;
+        if (keys[slot] == -1) {
+          keys[slot] = key;
+          group_of[slot] = static_cast<int64_t>(left.size());
+          left.push_back(r * width + i);
+          right.push_back(r * width + j);
+        }
+        inv[o] = group_of[slot];
+      }
+    }
+  }
+  const int64_t n_groups = static_cast<int64_t>(left.size());
+  const int64_t n_padded = n_groups + (chunk - n_groups % chunk) % chunk;
+  left.resize(n_padded, 0);
+  right.resize(n_padded, width > 1 ? 1 : 0);
+  at::Tensor left_t = at::empty({n_padded}, entry_ids.options());
+  at::Tensor right_t = at::empty({n_padded}, entry_ids.options());
+  std::copy(left.begin(), left.end(), left_t.data_ptr<int64_t>());
+  std::copy(right.begin(), right.end(), right_t.data_ptr<int64_t>());
+  return {inverse, left_t, right_t, n_groups};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(skafm, m) {
@@ -328,4 +434,13 @@ TORCH_LIBRARY(skafm, m) {
       "scatter_pair_grads(Tensor flat, Tensor grad_products, Tensor left, Tensor right, "
       "int n_groups, int width, Tensor(a!) grad_flat) -> ()",
       &scatter_pair_grads);
+  m.def(
+      "lazy_adam_rows(Tensor(a!) param, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
+      "Tensor rows, Tensor order, Tensor offsets, Tensor values, float step_size, "
+      "float beta1, float beta2, float eps) -> ()",
+      &lazy_adam_rows);
+  m.def(
+      "group_pairs_hashed(Tensor entry_ids, int n_entries, int chunk) "
+      "-> (Tensor, Tensor, Tensor, int)",
+      &group_pairs_hashed);
 }

@@ -69,12 +69,14 @@ def kernels():
 
 def for_tensor(tensor):
     """The kernels if they serve ``tensor`` (a CPU float tensor), else None."""
-    if tensor.device.type != "cpu" or tensor.dtype not in (
-        torch.float32,
-        torch.float64,
-    ):
+    if tensor.dtype not in (torch.float32, torch.float64):
         return None
-    return kernels()
+    return for_device(tensor.device)
+
+
+def for_device(device):
+    """The kernels if they serve tensors on ``device`` (the CPU), else None."""
+    return kernels() if torch.device(device).type == "cpu" else None
 
 
 def built_library():

@@ -456,7 +456,8 @@ class PairGroups:
     first : Tensor of shape (n_groups,) or None
         One occurrence of each group. None when the pairs were grouped for
         prediction slot by slot (:func:`group_pairs_by_slot`), which finds
-        no occurrences; then ``left`` and ``right`` cannot be read.
+        no occurrences (then ``left`` and ``right`` cannot be read), or by
+        the fused kernels' hash table, which gives ``positions`` instead.
     width : int
         Padded width of the batch's rows.
     left, right : Tensor of shape (n_padded,)
@@ -475,6 +476,8 @@ class PairGroups:
         The two entries of each group.
     n_groups : int
         Number of groups.
+    positions : tuple of Tensor or None
+        ``(left, right)`` when the grouping found them itself.
     """
 
     inverse: torch.Tensor
@@ -483,12 +486,15 @@ class PairGroups:
     entries: torch.Tensor
     entry_pairs: torch.Tensor
     n_groups: int
+    positions: tuple = None
 
     # training reads only the occurrence positions, prediction only the
     # entries: each is computed when first read
 
     @functools.cached_property
     def _positions(self):
+        if self.positions is not None:
+            return self.positions
         if self.first is None:
             raise ValueError("pairs grouped slot by slot have no occurrences")
         n_pairs = self.width * (self.width - 1) // 2
@@ -549,6 +555,9 @@ def group_pairs(index, value, for_training=False):
         MAX_GROUPING_BOUND_FRACTION * n_pairs
     ):
         return None
+    kernels = _native.for_device(index.device) if for_training else None
+    if kernels is not None:
+        return _hashed_groups(kernels, rows_entries, n_entries, n_pairs)
     if not for_training and present is not None:
         keys, inverse = group_pairs_by_slot(rows_entries, present)
         first = None
@@ -561,6 +570,25 @@ def group_pairs(index, value, for_training=False):
         return None
     entry_pairs = None if entries is None else pad_to_chunks(keys)
     return PairGroups(inverse, first, width, entries, entry_pairs, len(keys))
+
+
+def _hashed_groups(kernels, rows_entries, n_entries, n_pairs):
+    """Training's groups from the fused kernels' hash table, or None.
+
+    Groups are numbered by first occurrence instead of by key: the same
+    groups as sorting the keys finds (tested), in another order, which
+    changes the order of the sums over groups only. On a Frappe batch
+    0.17 against 0.5 ms for the sort, the inverse and the positions.
+    """
+    n_rows, width = rows_entries.shape
+    inverse, left, right, n_groups = kernels.group_pairs_hashed(
+        rows_entries.contiguous(), n_entries, PAIR_CHUNK
+    )
+    if n_groups > MAX_GROUP_FRACTION * n_pairs:
+        return None
+    return PairGroups(
+        inverse, None, width, None, None, n_groups, positions=(left, right)
+    )
 
 
 def _one_hot_without_padding(value):

@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from . import _native
 from ._sorting import sorted_groups
 
 
@@ -87,14 +88,18 @@ class LazyAdam(torch.optim.Optimizer):
                     continue
                 if not param.grad.is_sparse:
                     raise RuntimeError("LazyAdam expects sparse gradients.")
-                rows, grad, grouping = summed_rows(param.grad, grouping)
-                if len(rows) == 0:
-                    continue
                 state = self.state[param]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
+                kernels = _native.for_tensor(param)
+                if kernels is not None and not param.grad.is_coalesced():
+                    grouping = _fused_step(kernels, param, state, group, grouping)
+                    continue
+                rows, grad, grouping = summed_rows(param.grad, grouping)
+                if len(rows) == 0:
+                    continue
                 state["step"] += 1
                 # index_select and index_copy_: the fastest row gather and
                 # scatter on the CPU (several times faster than tensor[rows])
@@ -104,9 +109,45 @@ class LazyAdam(torch.optim.Optimizer):
                 exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
                 state["exp_avg"].index_copy_(0, rows, exp_avg)
                 state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
-                step = state["step"]
-                step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+                step_size = _step_size(group, state["step"])
                 update = exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"]))
                 updated = param.index_select(0, rows).sub_(update, alpha=step_size)
                 param.index_copy_(0, rows, updated)
         return loss
+
+
+def _step_size(group, step):
+    beta1, beta2 = group["betas"]
+    return group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+
+
+def _fused_step(kernels, param, state, group, grouping):
+    """The step of one table in one fused kernel (CPU); returns the grouping.
+
+    The same sums, in the same order, and the same update as the PyTorch
+    operations of :meth:`LazyAdam.step`, in one pass over the touched rows
+    instead of a dozen (a Frappe step's two tables: 0.58 -> 0.2 ms).
+    """
+    grad = param.grad
+    indices = grad._indices()[0]
+    if len(indices) == 0:
+        return grouping
+    if grouping is None or not _same_indices(grouping[0], indices):
+        grouping = (indices, *sorted_groups(indices))
+    _, rows, order, offsets = grouping
+    state["step"] += 1
+    beta1, beta2 = group["betas"]
+    kernels.lazy_adam_rows(
+        param,
+        state["exp_avg"],
+        state["exp_avg_sq"],
+        rows,
+        order,
+        offsets,
+        grad._values().reshape(len(indices), -1).contiguous(),
+        _step_size(group, state["step"]),
+        beta1,
+        beta2,
+        group["eps"],
+    )
+    return grouping

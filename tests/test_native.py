@@ -177,6 +177,34 @@ def fused_runner(kernels, n_rows=200):
     return run, grouped, batch.index.shape[1]
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_hashed_groups_are_the_sorted_groups_by_first_occurrence(
+    kernels, monkeypatch, padded
+):
+    batch = one_hot_batch(n_rows=120, n_fields=6)
+    if not padded:
+        full = batch.mask.all(1)
+        batch = type(batch)(batch.index[full], batch.value[full], batch.mask[full])
+    assert bool(batch.mask.all()) != padded
+    hashed = group_pairs(batch.index, batch.value, for_training=True)
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    by_sort = group_pairs(batch.index, batch.value, for_training=True)
+    n = by_sort.n_groups
+    assert hashed.n_groups == n
+    # one sorted group for each hashed group, and the same occurrences in it
+    to_sorted = torch.full((n,), -1)
+    to_sorted[hashed.inverse] = by_sort.inverse
+    assert torch.equal(to_sorted[hashed.inverse], by_sort.inverse)
+    assert len(set(to_sorted.tolist())) == n
+    # numbered by first occurrence, whose positions they carry
+    first = by_sort.first[to_sorted]
+    assert torch.all(first[1:] > first[:-1])
+    assert torch.equal(hashed.left[:n], by_sort.left[to_sorted])
+    assert torch.equal(hashed.right[:n], by_sort.right[to_sorted])
+    assert len(hashed.left) == len(by_sort.left)
+    assert torch.all(hashed.left[n:] == 0) and torch.all(hashed.right[n:] == 1)
+
+
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="torch runs one thread")
 def test_fused_pooling_does_not_depend_on_the_number_of_threads(kernels):
     run, grouped, _ = fused_runner(kernels)

@@ -495,7 +495,7 @@ def test_unpadded_batches_are_pooled_without_a_mask_with_the_same_bits(
             assert torch.equal(a, b)
 
 
-def test_training_groups_one_hot_rows_by_feature_with_the_same_groups():
+def test_training_groups_one_hot_rows_by_feature_with_the_same_groups(torch_pooling):
     rng = np.random.RandomState(0)
     dense, columns = one_hot_rows(rng, 50, 4, 3, 3)
     batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(50))
