@@ -76,6 +76,13 @@ inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
   return total;
 }
 
+// Slot of a key in an open-addressing table of mask + 1 slots
+// (Fibonacci hashing: the high bits of the key times 2^64 / phi).
+inline int64_t hashed_slot(int64_t key, int64_t mask) {
+  return static_cast<int64_t>((static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ULL) >> 20) &
+         mask;
+}
+
 // Adam's update of one row, in the order of torch's lerp_ (weight < 0.5),
 // mul_ and addcmul_, sqrt_, add_, div_ and sub_.
 template <typename T>
@@ -325,22 +332,48 @@ void scatter_pair_grads(const at::Tensor& flat, const at::Tensor& grad_products,
   });
 }
 
-// One lazy Adam step on the rows of a table that a sparse gradient touches
-// (LazyAdam in skafm/_optim.py): row rows[u] sums the gradient entries
-// order[offsets[u]:offsets[u+1]] (in that order), then its moments and
-// value are updated with torch.optim.SparseAdam's arithmetic, in the order
-// of the PyTorch operations it replaces (lerp, mul and addcmul, sqrt, add,
-// div, sub). Threads take whole rows.
-void lazy_adam_rows(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
-                    const at::Tensor& rows, const at::Tensor& order,
-                    const at::Tensor& offsets, const at::Tensor& values,
-                    double step_size, double beta1, double beta2, double eps) {
-  const int64_t n_rows = rows.size(0), k = param.numel() / std::max<int64_t>(param.size(0), 1);
-  const int64_t n_entries = order.size(0);
-  const int64_t* row = rows.data_ptr<int64_t>();
-  const int64_t* ord = order.data_ptr<int64_t>();
-  const int64_t* off = offsets.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "lazy_adam_rows", [&] {
+// One lazy Adam step (LazyAdam in skafm/_optim.py) on the rows of a table
+// that an uncoalesced sparse gradient touches: entry e adds values[e] to
+// row indices[e]. Rows are found with a hash table; each sums its entries
+// in their order (as index_add_ would) and then updates its moments and
+// value with torch.optim.SparseAdam's arithmetic, in the order of the
+// PyTorch operations it replaces (lerp, mul and addcmul, sqrt, add, div,
+// sub). Threads take whole rows.
+void lazy_adam(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
+               const at::Tensor& indices, const at::Tensor& values, double step_size,
+               double beta1, double beta2, double eps) {
+  const int64_t n_entries = indices.size(0);
+  const int64_t k = param.numel() / std::max<int64_t>(param.size(0), 1);
+  const int64_t* index = indices.data_ptr<int64_t>();
+  int64_t capacity = 16;
+  while (capacity < 2 * n_entries) capacity *= 2;
+  const int64_t mask = capacity - 1;
+  std::vector<int64_t> keys(capacity, -1), group_of(capacity), group(n_entries);
+  std::vector<int64_t> rows, start;
+  for (int64_t e = 0; e < n_entries; ++e) {
+    const int64_t key = index[e];
+    int64_t slot = hashed_slot(key, mask);
+    while (keys[slot] != -1 && keys[slot] != key) slot = (slot + 1) & mask;
+    if (keys[slot] == -1) {
+      keys[slot] = key;
+      group_of[slot] = static_cast<int64_t>(rows.size());
+      rows.push_back(key);
+      start.push_back(0);
+    }
+    group[e] = group_of[slot];
+    ++start[group[e]];
+  }
+  // each row's entries, in order: a stable counting sort by row
+  const int64_t n_rows = static_cast<int64_t>(rows.size());
+  start.push_back(0);
+  for (int64_t u = 0, total = 0; u <= n_rows; ++u) {
+    const int64_t count = start[u];
+    start[u] = total;
+    total += count;
+  }
+  std::vector<int64_t> order(n_entries), next(start.begin(), start.end() - 1);
+  for (int64_t e = 0; e < n_entries; ++e) order[next[group[e]]++] = e;
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "lazy_adam", [&] {
     scalar_t* w = param.data_ptr<scalar_t>();
     scalar_t* m = exp_avg.data_ptr<scalar_t>();
     scalar_t* v = exp_avg_sq.data_ptr<scalar_t>();
@@ -351,12 +384,13 @@ void lazy_adam_rows(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_
     at::parallel_for(0, n_rows, kGroupGrain, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> grad(k);
       for (int64_t u = begin; u < end; ++u) {
-        const int64_t stop = u + 1 < n_rows ? off[u + 1] : n_entries;
-        std::copy(grads + ord[off[u]] * k, grads + (ord[off[u]] + 1) * k, grad.data());
-        for (int64_t e = off[u] + 1; e < stop; ++e)
-          add_scaled(grad.data(), scalar_t(1), grads + ord[e] * k, k);
-        adam_update(w + row[u] * k, m + row[u] * k, v + row[u] * k, grad.data(), weight,
-                    decay, new_share, size, epsilon, k);
+        const scalar_t* first = grads + order[start[u]] * k;
+        std::copy(first, first + k, grad.data());
+        for (int64_t e = start[u] + 1; e < start[u + 1]; ++e)
+          add_scaled(grad.data(), scalar_t(1), grads + order[e] * k, k);
+        const int64_t row = rows[u] * k;
+        adam_update(w + row, m + row, v + row, grad.data(), weight, decay, new_share,
+                    size, epsilon, k);
       }
     });
   });
@@ -389,8 +423,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> group_pairs_hashed(
       const int64_t base = row[i] * n_entries;
       for (int64_t j = i + 1; j < width; ++j, ++o) {
         const int64_t key = base + row[j];
-        int64_t slot = static_cast<int64_t>(
-            (static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ULL) >> 20) & mask;
+        int64_t slot = hashed_slot(key, mask);
         while (keys[slot] != -1 && keys[slot] != key) slot = (slot + 1) & mask;
         if (keys[slot] == -1) {
           keys[slot] = key;
@@ -435,10 +468,10 @@ TORCH_LIBRARY(skafm, m) {
       "int n_groups, int width, Tensor(a!) grad_flat) -> ()",
       &scatter_pair_grads);
   m.def(
-      "lazy_adam_rows(Tensor(a!) param, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
-      "Tensor rows, Tensor order, Tensor offsets, Tensor values, float step_size, "
-      "float beta1, float beta2, float eps) -> ()",
-      &lazy_adam_rows);
+      "lazy_adam(Tensor(a!) param, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
+      "Tensor indices, Tensor values, float step_size, float beta1, float beta2, "
+      "float eps) -> ()",
+      &lazy_adam);
   m.def(
       "group_pairs_hashed(Tensor entry_ids, int n_entries, int chunk) "
       "-> (Tensor, Tensor, Tensor, int)",

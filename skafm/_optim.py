@@ -95,7 +95,7 @@ class LazyAdam(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(param)
                 kernels = _native.for_tensor(param)
                 if kernels is not None and not param.grad.is_coalesced():
-                    grouping = _fused_step(kernels, param, state, group, grouping)
+                    _fused_step(kernels, param, state, group)
                     continue
                 rows, grad, grouping = summed_rows(param.grad, grouping)
                 if len(rows) == 0:
@@ -121,33 +121,28 @@ def _step_size(group, step):
     return group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
 
 
-def _fused_step(kernels, param, state, group, grouping):
-    """The step of one table in one fused kernel (CPU); returns the grouping.
+def _fused_step(kernels, param, state, group):
+    """The step of one table in one fused kernel (CPU).
 
     The same sums, in the same order, and the same update as the PyTorch
     operations of :meth:`LazyAdam.step`, in one pass over the touched rows
-    instead of a dozen (a Frappe step's two tables: 0.58 -> 0.2 ms).
+    instead of a dozen, with the rows found by a hash table instead of a
+    sort (a Frappe step's two tables: 0.57 -> 0.2 ms).
     """
     grad = param.grad
     indices = grad._indices()[0]
     if len(indices) == 0:
-        return grouping
-    if grouping is None or not _same_indices(grouping[0], indices):
-        grouping = (indices, *sorted_groups(indices))
-    _, rows, order, offsets = grouping
+        return
     state["step"] += 1
     beta1, beta2 = group["betas"]
-    kernels.lazy_adam_rows(
+    kernels.lazy_adam(
         param,
         state["exp_avg"],
         state["exp_avg_sq"],
-        rows,
-        order,
-        offsets,
+        indices.contiguous(),
         grad._values().reshape(len(indices), -1).contiguous(),
         _step_size(group, state["step"]),
         beta1,
         beta2,
         group["eps"],
     )
-    return grouping
