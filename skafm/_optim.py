@@ -127,7 +127,8 @@ def _fused_step(kernels, param, state, group):
     The same sums, in the same order, and the same update as the PyTorch
     operations of :meth:`LazyAdam.step`, in one pass over the touched rows
     instead of a dozen, with the rows found by a hash table instead of a
-    sort (a Frappe step's two tables: 0.57 -> 0.2 ms).
+    sort. A Frappe step's two tables: 0.57 -> 0.39 ms, most of it the
+    division and square root of Adam's update of 2,500 touched rows.
     """
     grad = param.grad
     indices = grad._indices()[0]
