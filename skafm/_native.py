@@ -161,5 +161,6 @@ def _cpu():
 
 
 def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    lines = str(error).strip().splitlines()
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or [type(error).__name__])[0]

@@ -15,6 +15,7 @@ from skafm._batching import as_active_features, pad_rows
 from skafm._network import (
     AttentionPooling,
     FusedAttentionPooling,
+    FusedDropout,
     PairwiseAttentionPooling,
     every_pair,
     group_pairs,
@@ -228,11 +229,53 @@ def test_fused_pooling_of_a_row_does_not_depend_on_its_batch_mates(kernels):
         assert torch.equal(alone[0], pooled[row])
 
 
+def seeds_for(n_rows, first=12345):
+    return torch.arange(first, first + n_rows)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
+def test_fused_dropout_keeps_a_share_of_one_minus_the_rate(kernels, rate):
+    x = torch.linspace(1, 2, 200_000).view(1000, 200)
+    out = kernels.dropout(x, rate, seeds_for(1000))
+    kept = out != 0
+    assert abs(kept.double().mean().item() - (1 - rate)) < 0.005
+    torch.testing.assert_close(out[kept], x[kept] / (1 - rate))
+    # a row's mask is a function of its seed alone
+    assert torch.equal(kernels.dropout(x, rate, seeds_for(1000)), out)
+    assert torch.equal(kernels.dropout(x[5:9], rate, seeds_for(1000)[5:9]), out[5:9])
+    assert not torch.equal(kernels.dropout(x, rate, seeds_for(1000, 1)) != 0, kept)
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="torch runs one thread")
+def test_fused_dropout_does_not_depend_on_the_number_of_threads(kernels):
+    x = torch.randn(500, 200)
+    several = kernels.dropout(x, 0.3, seeds_for(500))
+    with thread_limit(1):
+        assert torch.equal(kernels.dropout(x, 0.3, seeds_for(500)), several)
+
+
+def test_fused_dropout_gradient_applies_the_same_mask(kernels):
+    x = torch.randn(50, 6, dtype=torch.float64, requires_grad=True)
+    seeds = seeds_for(50)
+    assert torch.autograd.gradcheck(
+        lambda x: FusedDropout.apply(x, 0.4, seeds, kernels), (x,)
+    )
+    out = FusedDropout.apply(x, 0.4, seeds, kernels)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.equal(grad != 0, out.detach() != 0)
+
+
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_fitted_models_agree_with_and_without_the_kernels(kernels, monkeypatch):
     X, y, _ = make_interaction_data(600, n_fields=5, n_categories=4, random_state=0)
+    # without dropout: the kernels draw dropout masks from a stream of their own
     settings = dict(
-        n_factors=8, attention_size=8, max_iter=3, batch_size=64, random_state=0
+        n_factors=8,
+        attention_size=8,
+        max_iter=3,
+        batch_size=64,
+        random_state=0,
+        dropout=0.0,
     )
     fused = AFMRegressor(**settings).fit(X, y).predict(X)
     monkeypatch.setattr(native, "kernels", lambda: None)

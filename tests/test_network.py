@@ -20,8 +20,8 @@ from skafm._network import (
 
 
 @pytest.fixture(params=["fused", "torch"])
-def pooling(request, monkeypatch):
-    """Training pools with the fused CPU kernels, or with PyTorch operations."""
+def training_ops(request, monkeypatch):
+    """Training runs the fused CPU kernels, or PyTorch operations."""
     if request.param == "torch":
         monkeypatch.setattr(skafm._native, "kernels", lambda: None)
     elif skafm._native.kernels() is None:
@@ -160,7 +160,7 @@ def test_masked_softmax_of_rows_without_pairs_is_zero_not_nan():
     assert torch.isclose(weights[1].sum(), torch.tensor(1.0))
 
 
-def test_dropout_is_active_in_training_and_off_in_eval():
+def test_dropout_is_active_in_training_and_off_in_eval(training_ops):
     X = as_active_features(sp.csr_matrix(np.ones((8, 5))))
     module = make_module(n_features=5, dropout=0.5, attention_dropout=0.5)
     batch = pad_rows(X, np.arange(8))
@@ -221,7 +221,7 @@ def test_attention_pooling_backward_matches_numerical_gradients(with_dropout):
     assert torch.autograd.gradcheck(pairwise_pooled, (scaled, W, b, query))
 
 
-def test_afm_started_from_an_fm_reproduces_it_on_rows_of_the_mean_width(pooling):
+def test_afm_started_from_an_fm_reproduces_it_on_rows_of_the_mean_width(training_ops):
     fm = make_module(attention=False, seed=1)
     afm = make_module(attention=True, seed=2)
     rng = np.random.RandomState(0)
@@ -246,7 +246,7 @@ def test_afm_started_from_an_fm_reproduces_it_on_rows_of_the_mean_width(pooling)
     assert afm.attention_query.grad.abs().sum() > 0
 
 
-def test_training_steps_with_a_workspace_match_fresh_allocations(pooling):
+def test_training_steps_with_a_workspace_match_fresh_allocations(training_ops):
     """Reused buffers give the same gradients, step after step, at any width."""
     from skafm._network import PairWorkspace
 
@@ -271,7 +271,7 @@ def test_training_steps_with_a_workspace_match_fresh_allocations(pooling):
 
 
 def test_grouping_identical_pairs_changes_neither_outputs_nor_gradients(
-    monkeypatch, pooling
+    monkeypatch, training_ops
 ):
     """The attention network runs once per distinct pair; the result is the same."""
     rng = np.random.RandomState(0)
@@ -356,7 +356,7 @@ def test_row_output_is_the_same_on_the_grouped_and_the_pairwise_path(
 
 
 @pytest.mark.parametrize("n_outputs", [1, 3])
-def test_feature_lookup_matches_embedding_lookups(n_outputs):
+def test_feature_lookup_matches_embedding_lookups(n_outputs, training_ops):
     # the fused lookup against F.embedding with sparse gradients and products
     generator = torch.Generator().manual_seed(3)
     index = torch.randint(0, 9, (5, 4), generator=generator)
@@ -398,7 +398,7 @@ def test_feature_lookup_matches_embedding_lookups(n_outputs):
 
 @pytest.mark.parametrize("one_hot", [True, False])
 @pytest.mark.parametrize("n_outputs", [1, 3])
-def test_prediction_path_matches_the_training_path(one_hot, n_outputs, pooling):
+def test_prediction_path_matches_the_training_path(one_hot, n_outputs, training_ops):
     """Without gradients, eval mode sums per-pair terms instead of pooling vectors."""
     rng = np.random.RandomState(0)
     if one_hot:
