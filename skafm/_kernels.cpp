@@ -402,51 +402,123 @@ void lazy_adam(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
   });
 }
 
-// Groups the pairs of a batch's rows by their two entries, numbering
-// groups in the order of their first occurrence (row after row, pairs in
-// triu order), with a hash table instead of a sort. entry_ids is (n_rows,
-// width). Returns each occurrence's group, the flat positions of each
+// Dense numbers for int64 keys, in the order keys are first seen: open
+// addressing with linear probing, at most half full for max_keys keys.
+// A slot holds its key and number side by side: one cache line per probe.
+class KeyNumbers {
+ public:
+  explicit KeyNumbers(int64_t max_keys) {
+    int64_t capacity = 16;
+    while (capacity < 2 * max_keys) capacity *= 2;
+    mask_ = capacity - 1;
+    slots_.assign(capacity, Slot{0, -1});
+  }
+
+  // The key's number; a new key gets the next one (*added is set).
+  int64_t number(int64_t key, bool* added) {
+    int64_t at = hashed_slot(key, mask_);
+    while (slots_[at].number != -1 && slots_[at].key != key) at = (at + 1) & mask_;
+    Slot& slot = slots_[at];
+    *added = slot.number == -1;
+    if (*added) slot = Slot{key, size_++};
+    return slot.number;
+  }
+
+  int64_t size() const { return size_; }
+
+ private:
+  struct Slot {
+    int64_t key;
+    int64_t number;
+  };
+  std::vector<Slot> slots_;
+  int64_t mask_ = 0, size_ = 0;
+};
+
+// Groups the pairs of a training batch by their two (feature, value)
+// entries (group_pairs in skafm/_network.py, for_training), or declines
+// (returns -1 groups) where grouping would not pay, by the same rules:
+// more than max_entry_share of the entries distinct, the bound on distinct
+// pairs sum_{l<r} min(d_l d_r, n_rows) (d_p: distinct entries at position
+// p) above max_bound_share of the pairs, or more than max_group_share of
+// the pairs distinct. One-hot rows without padding are keyed by feature.
+// Groups are numbered by first occurrence (row after row, pairs in triu
+// order). Returns each occurrence's group, the flat positions of each
 // group's first occurrence (padded to whole chunks with occurrence 0's),
 // and the number of groups.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> group_pairs_hashed(
-    const at::Tensor& entry_ids, int64_t n_entries, int64_t chunk) {
-  const int64_t n_rows = entry_ids.size(0), width = entry_ids.size(1);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> training_pair_groups(
+    const at::Tensor& index, const at::Tensor& value, double max_entry_share,
+    double max_bound_share, double max_group_share, int64_t chunk) {
+  TORCH_CHECK(value.scalar_type() == at::kFloat, "training_pair_groups: float32 values");
+  const int64_t n_rows = index.size(0), width = index.size(1);
+  const int64_t n_occupied = n_rows * width;
   const int64_t n_pairs = n_pairs_of(width), n_occurrences = n_rows * n_pairs;
-  const int64_t* ids = entry_ids.data_ptr<int64_t>();
-  at::Tensor inverse = at::empty({n_occurrences}, entry_ids.options());
+  const int64_t* ids = index.data_ptr<int64_t>();
+  const float* values = value.data_ptr<float>();
+  const at::Tensor none = at::empty({0}, index.options());
+  // the batch's entries, numbered
+  std::vector<int64_t> entry(n_occupied);
+  int64_t n_entries = 0;
+  bool one_hot = true;
+  for (int64_t e = 0; e < n_occupied && one_hot; ++e) one_hot = values[e] == 1.0f;
+  if (one_hot) {
+    for (int64_t e = 0; e < n_occupied; ++e) {
+      entry[e] = ids[e];
+      n_entries = std::max(n_entries, ids[e] + 1);
+    }
+  } else {
+    KeyNumbers entries(n_occupied);
+    bool added;
+    for (int64_t e = 0; e < n_occupied; ++e) {
+      uint32_t bits;
+      std::memcpy(&bits, values + e, sizeof(bits));
+      entry[e] = entries.number((ids[e] << 32) | bits, &added);
+    }
+    n_entries = entries.size();
+    if (n_entries > max_entry_share * n_occupied) return {none, none, none, -1};
+  }
+  // the bound on distinct pairs, from the distinct entries per position
+  std::vector<int64_t> per_position(width, 0);
+  {
+    KeyNumbers seen(n_occupied);
+    bool added;
+    for (int64_t e = 0; e < n_occupied; ++e) {
+      seen.number((e % width) * n_entries + entry[e], &added);
+      per_position[e % width] += added;
+    }
+  }
+  double bound = 0;
+  for (int64_t l = 0; l < width; ++l)
+    for (int64_t r = l + 1; r < width; ++r)
+      bound += std::min<double>(double(per_position[l]) * per_position[r], n_rows);
+  if (bound > max_bound_share * n_occurrences) return {none, none, none, -1};
+  // the pairs, grouped; given up as soon as too many are distinct
+  const int64_t max_groups = static_cast<int64_t>(max_group_share * n_occurrences);
+  at::Tensor inverse = at::empty({n_occurrences}, index.options());
   int64_t* inv = inverse.data_ptr<int64_t>();
-  // open addressing, at most half full
-  int64_t capacity = 16;
-  while (capacity < 2 * n_occurrences) capacity *= 2;
-  const int64_t mask = capacity - 1;
-  std::vector<int64_t> keys(capacity, -1), group_of(capacity);
+  KeyNumbers groups(max_groups + 1);
   std::vector<int64_t> left, right;
-  left.reserve(n_occurrences / 2 + chunk);
-  right.reserve(n_occurrences / 2 + chunk);
+  bool added;
   for (int64_t r = 0, o = 0; r < n_rows; ++r) {
-    const int64_t* row = ids + r * width;
+    const int64_t* row = entry.data() + r * width;
     for (int64_t i = 0; i < width; ++i) {
       const int64_t base = row[i] * n_entries;
       for (int64_t j = i + 1; j < width; ++j, ++o) {
-        const int64_t key = base + row[j];
-        int64_t slot = hashed_slot(key, mask);
-        while (keys[slot] != -1 && keys[slot] != key) slot = (slot + 1) & mask;
-        if (keys[slot] == -1) {
-          keys[slot] = key;
-          group_of[slot] = static_cast<int64_t>(left.size());
+        inv[o] = groups.number(base + row[j], &added);
+        if (added) {
+          if (groups.size() > max_groups) return {none, none, none, -1};
           left.push_back(r * width + i);
           right.push_back(r * width + j);
         }
-        inv[o] = group_of[slot];
       }
     }
   }
-  const int64_t n_groups = static_cast<int64_t>(left.size());
+  const int64_t n_groups = groups.size();
   const int64_t n_padded = n_groups + (chunk - n_groups % chunk) % chunk;
   left.resize(n_padded, 0);
-  right.resize(n_padded, width > 1 ? 1 : 0);
-  at::Tensor left_t = at::empty({n_padded}, entry_ids.options());
-  at::Tensor right_t = at::empty({n_padded}, entry_ids.options());
+  right.resize(n_padded, 1);
+  at::Tensor left_t = at::empty({n_padded}, index.options());
+  at::Tensor right_t = at::empty({n_padded}, index.options());
   std::copy(left.begin(), left.end(), left_t.data_ptr<int64_t>());
   std::copy(right.begin(), right.end(), right_t.data_ptr<int64_t>());
   return {inverse, left_t, right_t, n_groups};
@@ -606,9 +678,10 @@ TORCH_LIBRARY(skafm, m) {
       "float eps) -> ()",
       &lazy_adam);
   m.def(
-      "group_pairs_hashed(Tensor entry_ids, int n_entries, int chunk) "
+      "training_pair_groups(Tensor index, Tensor value, float max_entry_share, "
+      "float max_bound_share, float max_group_share, int chunk) "
       "-> (Tensor, Tensor, Tensor, int)",
-      &group_pairs_hashed);
+      &training_pair_groups);
   m.def(
       "feature_lookup(Tensor index, Tensor value, Tensor? mask, Tensor embedding, "
       "Tensor linear, bool with_penalty) -> (Tensor, Tensor, Tensor)",

@@ -206,6 +206,34 @@ def test_hashed_groups_are_the_sorted_groups_by_first_occurrence(
     assert torch.all(hashed.left[n:] == 0) and torch.all(hashed.right[n:] == 1)
 
 
+def declining_batches():
+    rng = np.random.RandomState(0)
+    real_valued = sp.random(40, 12, density=0.5, random_state=rng, format="csr")
+    # one-hot, 3 fields of 20 categories: entries repeat, pairs rarely
+    columns = 20 * np.arange(3) + rng.randint(0, 20, size=(200, 3))
+    large_fields = np.zeros((200, 60))
+    np.put_along_axis(large_fields, columns, 1.0, axis=1)
+    valued = large_fields * rng.choice([1.0, 2.0], size=large_fields.shape)
+    # 2 fields of 10: the bound (100 of 150 pairs) lets the pairs be
+    # grouped, but most of them (about 78) are distinct
+    columns = 10 * np.arange(2) + rng.randint(0, 10, size=(150, 2))
+    mid_fields = np.zeros((150, 20))
+    np.put_along_axis(mid_fields, columns, 1.0, axis=1)
+    for X in (real_valued, large_fields, valued, mid_fields):
+        X = as_active_features(sp.csr_matrix(X))
+        yield pad_rows(X, np.arange(X.shape[0]))
+    yield one_hot_batch()
+
+
+def test_hashed_grouping_declines_where_the_sorted_one_does(kernels, monkeypatch):
+    batches = list(declining_batches())
+    hashed = [group_pairs(b.index, b.value, for_training=True) for b in batches]
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    by_sort = [group_pairs(b.index, b.value, for_training=True) for b in batches]
+    assert [g is None for g in hashed] == [g is None for g in by_sort]
+    assert [g is None for g in hashed] == [True, True, True, True, False]
+
+
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="torch runs one thread")
 def test_fused_pooling_does_not_depend_on_the_number_of_threads(kernels):
     run, grouped, _ = fused_runner(kernels)
