@@ -97,7 +97,7 @@ def mean_pair_count(widths):
     return float(with_pairs.mean()) if with_pairs.size else 0.0
 
 
-def pad_rows(X_csr, rows):
+def pad_rows(X_csr, rows, kernels=None):
     """Gather the given rows of a CSR matrix into one padded batch.
 
     Parameters
@@ -106,11 +106,22 @@ def pad_rows(X_csr, rows):
         Output of :func:`as_active_features`.
     rows : ndarray of int
         Row numbers, in the order they should appear in the batch.
+    kernels : torch.ops namespace, default=None
+        The fused CPU kernels (``skafm._native.kernels()``), which gather
+        the rows in one pass (training steps pass them); the same batch.
 
     Returns
     -------
     batch : PaddedBatch
     """
+    if kernels is not None and X_csr.indptr.dtype == X_csr.indices.dtype:
+        index, value, mask = kernels.pad_rows(
+            torch.from_numpy(X_csr.indptr),
+            torch.from_numpy(X_csr.indices),
+            torch.from_numpy(X_csr.data),
+            torch.from_numpy(np.asarray(rows, dtype=np.int64)),
+        )
+        return PaddedBatch(index, value, mask)
     indptr = X_csr.indptr
     starts = indptr[rows]
     widths = indptr[rows + 1] - starts

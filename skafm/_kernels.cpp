@@ -651,6 +651,55 @@ at::Tensor dropout(const at::Tensor& x, double rate, const at::Tensor& seeds) {
   return out;
 }
 
+// The given rows of a CSR matrix as a padded batch (pad_rows in
+// skafm/_batching.py): feature indices (int64, padding 0), values
+// (float32, padding 0) and the mask of real entries, each (n, width) for
+// the widest row.
+template <typename I, typename V>
+void fill_padded_rows(const I* indptr, const I* indices, const V* data,
+                      const int64_t* rows, int64_t n, int64_t width, int64_t* index,
+                      float* value, bool* mask) {
+  at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t start = indptr[rows[r]], length = indptr[rows[r] + 1] - start;
+      for (int64_t c = 0; c < length; ++c) {
+        index[r * width + c] = indices[start + c];
+        value[r * width + c] = static_cast<float>(data[start + c]);
+        mask[r * width + c] = true;
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pad_rows(const at::Tensor& indptr,
+                                                        const at::Tensor& indices,
+                                                        const at::Tensor& data,
+                                                        const at::Tensor& rows) {
+  TORCH_CHECK(indptr.scalar_type() == indices.scalar_type(),
+              "pad_rows: indptr and indices of one type");
+  const int64_t n = rows.size(0);
+  const int64_t* row = rows.data_ptr<int64_t>();
+  int64_t width = 0;
+  AT_DISPATCH_INDEX_TYPES(indptr.scalar_type(), "pad_rows", [&] {
+    const index_t* ptr = indptr.data_ptr<index_t>();
+    for (int64_t r = 0; r < n; ++r)
+      width = std::max<int64_t>(width, ptr[row[r] + 1] - ptr[row[r]]);
+  });
+  const auto options = rows.options();
+  at::Tensor index = at::zeros({n, width}, options.dtype(at::kLong));
+  at::Tensor value = at::zeros({n, width}, options.dtype(at::kFloat));
+  at::Tensor mask = at::zeros({n, width}, options.dtype(at::kBool));
+  AT_DISPATCH_INDEX_TYPES(indptr.scalar_type(), "pad_rows", [&] {
+    AT_DISPATCH_FLOATING_TYPES(data.scalar_type(), "pad_rows", [&] {
+      fill_padded_rows(indptr.data_ptr<index_t>(), indices.data_ptr<index_t>(),
+                       data.data_ptr<scalar_t>(), row, n, width,
+                       index.data_ptr<int64_t>(), value.data_ptr<float>(),
+                       mask.data_ptr<bool>());
+    });
+  });
+  return {index, value, mask};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(skafm, m) {
@@ -692,4 +741,8 @@ TORCH_LIBRARY(skafm, m) {
       "Tensor? grad_norm) -> (Tensor, Tensor)",
       &feature_lookup_backward);
   m.def("dropout(Tensor x, float rate, Tensor seeds) -> Tensor", &dropout);
+  m.def(
+      "pad_rows(Tensor indptr, Tensor indices, Tensor data, Tensor rows) "
+      "-> (Tensor, Tensor, Tensor)",
+      &pad_rows);
 }

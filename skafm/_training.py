@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import _native
 from ._averaging import WeightAverage
 from ._batching import iter_row_batches, pad_rows, row_widths
 from ._network import PairWorkspace
@@ -224,6 +225,8 @@ class Trainer:
         )
         widths = data.widths
         workspace = PairWorkspace()
+        # the batches are gathered on the CPU, whatever the device
+        kernels = _native.kernels()
         touched = []
         try:
             for rows in batches:
@@ -233,7 +236,7 @@ class Trainer:
                 # add up to the whole batch's: the same step, bounded memory
                 parts = bounded_parts(rows, widths, self._floats_per_pair())
                 for position, part in enumerate(parts):
-                    batch = pad_rows(data.X_csr, part).to(self.device)
+                    batch = pad_rows(data.X_csr, part, kernels).to(self.device)
                     part_t = torch.from_numpy(part).to(self.device)
                     sample_objective = self._sample_objective(
                         batch, data.target[part_t], generator, workspace

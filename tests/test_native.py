@@ -357,3 +357,24 @@ def test_kernels_serve_cpu_float_tensors_only(kernels):
     assert native.for_tensor(torch.zeros(3, dtype=torch.float16)) is None
     if torch.cuda.is_available():
         assert native.for_tensor(torch.zeros(3, device="cuda")) is None
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("data_dtype", [np.float32, np.float64])
+def test_kernel_gathers_the_same_padded_rows(kernels, index_dtype, data_dtype):
+    rng = np.random.RandomState(0)
+    keep = np.ones(30)
+    keep[3] = 0.0  # an empty row
+    X = sp.diags(keep) @ sp.random(30, 50, density=0.2, random_state=rng, format="csr")
+    X = as_active_features(X.astype(data_dtype))
+    X.indptr, X.indices = X.indptr.astype(index_dtype), X.indices.astype(index_dtype)
+    same_width = np.flatnonzero(np.diff(X.indptr) == np.diff(X.indptr)[0])
+    for rows in (rng.permutation(30), np.array([3]), same_width, np.array([], int)):
+        gathered = pad_rows(X, rows, kernels)
+        expected = pad_rows(X, rows)
+        for got, want in zip(
+            (gathered.index, gathered.value, gathered.mask),
+            (expected.index, expected.value, expected.mask),
+            strict=True,
+        ):
+            assert got.dtype == want.dtype and torch.equal(got, want)
