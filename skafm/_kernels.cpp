@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -103,6 +104,12 @@ inline void adam_update(T* __restrict w, T* __restrict m, T* __restrict v,
     v[c] = square;
     w[c] = w[c] - step_size * (mean / (std::sqrt(square) + eps));
   }
+}
+
+template <typename T>
+inline void relu(T* __restrict x, int64_t n) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) x[c] = x[c] > 0 ? x[c] : T(0);
 }
 
 template <typename T>
@@ -278,33 +285,71 @@ void pool_backward(const at::Tensor& scaled, const at::Tensor& weights,
   });
 }
 
-// Sums the pair occurrences' score gradients into their groups, then the
-// hidden units' gradient of each group: grad_group * query where the
-// hidden unit is positive (ReLU), else 0.
-void hidden_grad(const at::Tensor& grad_scores,
-                 const std::optional<at::Tensor>& inverse,
-                 const at::Tensor& hidden, const at::Tensor& query,
-                 at::Tensor& grad_groups, at::Tensor& grad_hidden) {
+// Groups summed over in fixed blocks: a block's partial sum does not
+// depend on the number of threads, and the blocks' sums are added in order.
+constexpr int64_t kReductionBlock = 512;
+
+// Sums the pair occurrences' score gradients into their groups (in
+// occurrence order, as index_add_), then per group the hidden units'
+// gradient grad_group * query where the unit is positive (ReLU), else 0.
+// Returns the gradients of the hidden layer's bias (the sum of those rows)
+// and of the query (sum_g grad_group hidden_g).
+std::tuple<at::Tensor, at::Tensor> hidden_grad(const at::Tensor& grad_scores,
+                                               const std::optional<at::Tensor>& inverse,
+                                               const at::Tensor& hidden,
+                                               const at::Tensor& query,
+                                               at::Tensor& grad_groups,
+                                               at::Tensor& grad_hidden) {
   const int64_t n_groups = hidden.size(0), t = hidden.size(1);
   const int64_t n_occurrences = grad_scores.numel();
+  const int64_t n_blocks = (n_groups + kReductionBlock - 1) / kReductionBlock;
   const int64_t* inv = optional_data<int64_t>(inverse);
+  at::Tensor partial_bias = at::zeros({n_blocks, t}, hidden.options());
+  at::Tensor partial_query = at::zeros({n_blocks, t}, hidden.options());
   AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "hidden_grad", [&] {
     const scalar_t* gs = grad_scores.data_ptr<scalar_t>();
     const scalar_t* h = hidden.data_ptr<scalar_t>();
     const scalar_t* q = query.data_ptr<scalar_t>();
     scalar_t* gg = grad_groups.data_ptr<scalar_t>();
     scalar_t* gh = grad_hidden.data_ptr<scalar_t>();
+    scalar_t* pb = partial_bias.data_ptr<scalar_t>();
+    scalar_t* pq = partial_query.data_ptr<scalar_t>();
     std::fill(gg, gg + n_groups, scalar_t(0));
-    // in occurrence order, as index_add_ on the CPU
     if (inv) {
       for (int64_t o = 0; o < n_occurrences; ++o) gg[inv[o]] += gs[o];
     } else {
       std::copy(gs, gs + n_occurrences, gg);
     }
-    at::parallel_for(0, n_groups, kGroupGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t g = begin; g < end; ++g) masked_scale(gh + g * t, h + g * t, gg[g], q, t);
+    at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t stop = std::min(n_groups, (block + 1) * kReductionBlock);
+        for (int64_t g = block * kReductionBlock; g < stop; ++g) {
+          masked_scale(gh + g * t, h + g * t, gg[g], q, t);
+          add_scaled(pb + block * t, scalar_t(1), gh + g * t, t);
+          add_scaled(pq + block * t, gg[g], h + g * t, t);
+        }
+      }
     });
   });
+  return {partial_bias.sum(0), partial_query.sum(0)};
+}
+
+// ReLU of the hidden units in place, and each group's score h^T hidden.
+at::Tensor relu_scores(at::Tensor& hidden, const at::Tensor& query) {
+  const int64_t n_groups = hidden.size(0), t = hidden.size(1);
+  at::Tensor scores = at::empty({n_groups}, hidden.options());
+  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "relu_scores", [&] {
+    scalar_t* h = hidden.data_ptr<scalar_t>();
+    const scalar_t* q = query.data_ptr<scalar_t>();
+    scalar_t* out = scores.data_ptr<scalar_t>();
+    at::parallel_for(0, n_groups, kGroupGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        relu(h + g * t, t);
+        out[g] = dot(h + g * t, q, t);
+      }
+    });
+  });
+  return scores;
 }
 
 // grad_flat[left[g]] += flat[right[g]] * grad_products[g] and
@@ -715,7 +760,7 @@ TORCH_LIBRARY(skafm, m) {
       &pool_backward);
   m.def(
       "hidden_grad(Tensor grad_scores, Tensor? inverse, Tensor hidden, Tensor query, "
-      "Tensor(a!) grad_groups, Tensor(b!) grad_hidden) -> ()",
+      "Tensor(a!) grad_groups, Tensor(b!) grad_hidden) -> (Tensor, Tensor)",
       &hidden_grad);
   m.def(
       "scatter_pair_grads(Tensor flat, Tensor grad_products, Tensor left, Tensor right, "
@@ -740,6 +785,7 @@ TORCH_LIBRARY(skafm, m) {
       "Tensor embedding, Tensor linear, Tensor grad_scaled, Tensor grad_linear, "
       "Tensor? grad_norm) -> (Tensor, Tensor)",
       &feature_lookup_backward);
+  m.def("relu_scores(Tensor(a!) hidden, Tensor query) -> Tensor", &relu_scores);
   m.def("dropout(Tensor x, float rate, Tensor seeds) -> Tensor", &dropout);
   m.def(
       "pad_rows(Tensor indptr, Tensor indices, Tensor data, Tensor rows) "

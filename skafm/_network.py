@@ -1193,9 +1193,8 @@ class FusedAttentionPooling(torch.autograd.Function):
         n_rows, width, k = scaled.shape
         products = _new(workspace, "products", (len(left), k), scaled)
         kernels.pair_products(scaled.view(-1, k), left, right, products)
-        hidden, group_scores = chunked_attention_network(
-            products, W, b, query, workspace
-        )
+        hidden = chunked_hidden_layer(products, W, b, workspace)
+        group_scores = kernels.relu_scores(hidden.view(-1, W.shape[0]), query)
         weights = scaled.new_empty(n_rows * (width * (width - 1) // 2))
         pooled = kernels.pool_forward(
             scaled, group_scores, inverse, pair_mask, keep, weights
@@ -1222,12 +1221,10 @@ class FusedAttentionPooling(torch.autograd.Function):
         flat_hidden = hidden.view(-1, t)
         grad_groups = scaled.new_empty(len(flat_hidden))
         grad_hidden = _new(workspace, "grad_hidden", flat_hidden.shape, flat_hidden)
-        kernels.hidden_grad(
+        grad_b, grad_query = kernels.hidden_grad(
             grad_scores, inverse, flat_hidden, query, grad_groups, grad_hidden
         )
-        grad_query = (flat_hidden.t() @ grad_groups).unsqueeze(-1)
-        # a column sum as a matrix-vector product: half the time of sum(0)
-        grad_b = torch.mv(grad_hidden.t(), grad_hidden.new_ones(len(grad_hidden)))
+        grad_query = grad_query.view(query.shape)
         grad_W = grad_hidden.t() @ products
         grads = [None] * 12
         grads[6:9] = grad_W, grad_b, grad_query
@@ -1277,15 +1274,20 @@ def chunked_attention_network(products, W, b, query, workspace):
     hidden : Tensor of shape (n_chunks, PAIR_CHUNK, t)
     scores : Tensor of shape (n_chunks * PAIR_CHUNK,)
     """
+    hidden = chunked_hidden_layer(products, W, b, workspace).relu_()
+    return hidden, torch.mv(hidden.view(-1, W.shape[0]), query.view(-1))
+
+
+def chunked_hidden_layer(products, W, b, workspace):
+    """``W p + b`` for every pair, before the ReLU, one product per chunk."""
     k, t = products.shape[-1], W.shape[0]
     n_chunks = products.numel() // (PAIR_CHUNK * k)
-    hidden = torch.baddbmm(
+    return torch.baddbmm(
         b,
         products.view(n_chunks, PAIR_CHUNK, k),
         W.t().expand(n_chunks, -1, -1),
         out=_new(workspace, "hidden", (n_chunks, PAIR_CHUNK, t), products),
-    ).relu_()
-    return hidden, torch.mv(hidden.view(-1, t), query.view(-1))
+    )
 
 
 # Floats in one (pairs, k) or (pairs, t) intermediate of a slice of pairs
