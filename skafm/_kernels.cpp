@@ -39,6 +39,8 @@ inline int64_t n_pairs_of(int64_t width) { return width * (width - 1) / 2; }
 // splits between threads, large enough to pay for starting them.
 constexpr int64_t kRowGrain = 8;
 constexpr int64_t kGroupGrain = 256;
+// How many rows ahead the table updates prefetch.
+constexpr int64_t kPrefetchRows = 8;
 
 template <typename T>
 const T* optional_data(const std::optional<at::Tensor>& t) {
@@ -83,11 +85,25 @@ inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
   return total;
 }
 
-// Slot of a key in an open-addressing table of mask + 1 slots
-// (Fibonacci hashing: the high bits of the key times 2^64 / phi).
+// Slot of a key in an open-addressing table of mask + 1 slots: MurmurHash3's
+// 64-bit finalizer, so that keys differing only in their high bits (a
+// feature index above a value's bits) spread over the table too.
 inline int64_t hashed_slot(int64_t key, int64_t mask) {
-  return static_cast<int64_t>((static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ULL) >> 20) &
-         mask;
+  uint64_t z = static_cast<uint64_t>(key);
+  z ^= z >> 33;
+  z *= 0xFF51AFD7ED558CCDULL;
+  z ^= z >> 33;
+  z *= 0xC4CEB9FE1A85EC53ULL;
+  z ^= z >> 33;
+  return static_cast<int64_t>(z) & mask;
+}
+
+// Asks for the cache lines of a row of n values before they are needed.
+template <typename T>
+inline void prefetch_row(const T* row, int64_t n) {
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (int64_t offset = 0; offset < n * int64_t(sizeof(T)); offset += 64)
+    __builtin_prefetch(bytes + offset);
 }
 
 // Adam's update of one row, in the order of torch's lerp_ (weight < 0.5),
@@ -435,6 +451,13 @@ void lazy_adam(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
     at::parallel_for(0, n_rows, kGroupGrain, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> grad(k);
       for (int64_t u = begin; u < end; ++u) {
+        if (u + kPrefetchRows < end) {
+          // rows of large tables are cache misses: ask for them ahead
+          const int64_t ahead = rows[u + kPrefetchRows] * k;
+          prefetch_row(w + ahead, k);
+          prefetch_row(m + ahead, k);
+          prefetch_row(v + ahead, k);
+        }
         const scalar_t* first = grads + order[start[u]] * k;
         std::copy(first, first + k, grad.data());
         for (int64_t e = start[u] + 1; e < start[u + 1]; ++e)
@@ -597,6 +620,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> feature_lookup(
         std::fill(term, term + n_out, scalar_t(0));
         scalar_t squared = 0;
         for (int64_t i = r * width; i < (r + 1) * width; ++i) {
+          if (i + kPrefetchRows < n_rows * width) {
+            // rows of large tables are cache misses: ask for them ahead
+            prefetch_row(v + ids[i + kPrefetchRows] * k, k);
+            prefetch_row(w + ids[i + kPrefetchRows] * n_out, n_out);
+          }
           const scalar_t* row = v + ids[i] * k;
           const scalar_t* weights = w + ids[i] * n_out;
           scale(out + i * k, x[i], row, k);
@@ -640,6 +668,10 @@ std::tuple<at::Tensor, at::Tensor> feature_lookup_backward(
         for (int64_t i = r * width; i < (r + 1) * width; ++i) {
           scale(gr + i * k, x[i], gs + i * k, k);
           scale(glr + i * n_out, x[i], gl + r * n_out, n_out);
+          if (gn && i + kPrefetchRows < n_rows * width) {
+            prefetch_row(v + ids[i + kPrefetchRows] * k, k);
+            prefetch_row(w + ids[i + kPrefetchRows] * n_out, n_out);
+          }
           if (gn && (!active || active[i])) {
             const scalar_t weight = scalar_t(2) * gn[r];
             add_scaled(gr + i * k, weight, v + ids[i] * k, k);
