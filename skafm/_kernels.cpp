@@ -777,6 +777,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pad_rows(const at::Tensor& indptr
   return {index, value, mask};
 }
 
+// Adam's step on every element of a parameter with a dense gradient, with
+// lazy_adam's arithmetic (all rows touched, it is plain Adam).
+void adam_dense(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
+                const at::Tensor& grad, double step_size, double beta1, double beta2,
+                double eps) {
+  const int64_t n = param.numel();
+  at::Tensor g = grad.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "adam_dense", [&] {
+    scalar_t* w = param.data_ptr<scalar_t>();
+    scalar_t* m = exp_avg.data_ptr<scalar_t>();
+    scalar_t* v = exp_avg_sq.data_ptr<scalar_t>();
+    const scalar_t* gr = g.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
+      adam_update(w + begin, m + begin, v + begin, gr + begin, scalar_t(1 - beta1),
+                  scalar_t(beta2), scalar_t(1 - beta2), scalar_t(step_size),
+                  scalar_t(eps), end - begin);
+    });
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(skafm, m) {
@@ -803,6 +823,10 @@ TORCH_LIBRARY(skafm, m) {
       "Tensor indices, Tensor values, float step_size, float beta1, float beta2, "
       "float eps) -> ()",
       &lazy_adam);
+  m.def(
+      "adam_dense(Tensor(a!) param, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
+      "Tensor grad, float step_size, float beta1, float beta2, float eps) -> ()",
+      &adam_dense);
   m.def(
       "training_pair_groups(Tensor index, Tensor value, float max_entry_share, "
       "float max_bound_share, float max_group_share, int chunk) "

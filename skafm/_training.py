@@ -130,11 +130,8 @@ def make_optimizers(module, name, learning_rate):
     sparse, dense = module.sparse_parameters(), module.dense_parameters()
     if name == "adagrad":
         return [torch.optim.Adagrad(sparse + dense, lr=learning_rate)]
-    return [
-        LazyAdam(sparse, lr=learning_rate),
-        # one fused kernel for all the small dense parameters
-        torch.optim.Adam(dense, lr=learning_rate, fused=True),
-    ]
+    # one optimizer for all: its per-step overhead is paid once
+    return [LazyAdam(sparse + dense, lr=learning_rate)]
 
 
 class Trainer:
