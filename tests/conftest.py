@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+import skafm._native
 from skafm.datasets import make_interaction_data
 
 # Small, quick settings for tests that only need a trained model, not a good one.
@@ -39,3 +40,25 @@ def planted_classification():
 @pytest.fixture
 def rng():
     return np.random.RandomState(0)
+
+
+@pytest.fixture
+def kernels():
+    """The fused CPU kernels; the test is skipped where they cannot be built."""
+    built = skafm._native.kernels()
+    if built is None:
+        pytest.skip("the fused kernels cannot be built here")
+    return built
+
+
+@pytest.fixture
+def torch_ops(monkeypatch):
+    """Training runs PyTorch operations instead of the fused kernels."""
+    monkeypatch.setattr(skafm._native, "kernels", lambda: None)
+
+
+@pytest.fixture(params=["fused", "torch"])
+def training_ops(request):
+    """Training runs the fused CPU kernels, or PyTorch operations."""
+    request.getfixturevalue("kernels" if request.param == "fused" else "torch_ops")
+    return request.param

@@ -27,13 +27,7 @@ from skafm._threads import thread_limit
 from skafm.datasets import make_interaction_data
 from skafm.exceptions import KernelBuildWarning
 
-
-@pytest.fixture
-def kernels():
-    built = native.kernels()
-    if built is None:
-        pytest.skip("the fused kernels cannot be built here")
-    return built
+from .conftest import FAST
 
 
 @pytest.fixture
@@ -297,14 +291,7 @@ def test_fused_dropout_gradient_applies_the_same_mask(kernels):
 def test_fitted_models_agree_with_and_without_the_kernels(kernels, monkeypatch):
     X, y, _ = make_interaction_data(600, n_fields=5, n_categories=4, random_state=0)
     # without dropout: the kernels draw dropout masks from a stream of their own
-    settings = dict(
-        n_factors=8,
-        attention_size=8,
-        max_iter=3,
-        batch_size=64,
-        random_state=0,
-        dropout=0.0,
-    )
+    settings = {**FAST, "max_iter": 3, "dropout": 0.0}
     fused = AFMRegressor(**settings).fit(X, y).predict(X)
     monkeypatch.setattr(native, "kernels", lambda: None)
     plain = AFMRegressor(**settings).fit(X, y).predict(X)

@@ -19,21 +19,6 @@ from skafm._network import (
 )
 
 
-@pytest.fixture(params=["fused", "torch"])
-def training_ops(request, monkeypatch):
-    """Training runs the fused CPU kernels, or PyTorch operations."""
-    if request.param == "torch":
-        monkeypatch.setattr(skafm._native, "kernels", lambda: None)
-    elif skafm._native.kernels() is None:
-        pytest.skip("the fused kernels cannot be built here")
-    return request.param
-
-
-@pytest.fixture
-def torch_pooling(monkeypatch):
-    monkeypatch.setattr(skafm._native, "kernels", lambda: None)
-
-
 def make_module(n_features=12, n_outputs=1, attention=True, seed=0, **kwargs):
     generator = torch.Generator().manual_seed(seed)
     module = AttentionalFactorizationMachine(
@@ -455,7 +440,7 @@ def test_occurrence_positions_are_the_rows_and_pairs_of_the_occurrences(
 
 
 def test_unpadded_batches_are_pooled_without_a_mask_with_the_same_bits(
-    monkeypatch, torch_pooling
+    monkeypatch, torch_ops
 ):
     """Without padding the pair mask is skipped: the same outputs and
     gradients, bit for bit, as with its all-True mask, on both paths."""
@@ -495,7 +480,7 @@ def test_unpadded_batches_are_pooled_without_a_mask_with_the_same_bits(
             assert torch.equal(a, b)
 
 
-def test_training_groups_one_hot_rows_by_feature_with_the_same_groups(torch_pooling):
+def test_training_groups_one_hot_rows_by_feature_with_the_same_groups(torch_ops):
     rng = np.random.RandomState(0)
     dense, columns = one_hot_rows(rng, 50, 4, 3, 3)
     batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(50))

@@ -2,18 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import skafm._native
 from skafm._optim import LazyAdam, summed_rows
-
-
-@pytest.fixture(params=["fused", "torch"])
-def update_path(request, monkeypatch):
-    """LazyAdam updates rows in the fused CPU kernel, or in PyTorch operations."""
-    if request.param == "torch":
-        monkeypatch.setattr(skafm._native, "kernels", lambda: None)
-    elif skafm._native.kernels() is None:
-        pytest.skip("the fused kernels cannot be built here")
-    return request.param
 
 
 def train(optimizer_class, batches, lr=1e-2, shift=0):
@@ -33,7 +22,7 @@ def train(optimizer_class, batches, lr=1e-2, shift=0):
 
 
 @pytest.mark.parametrize("shift", [0, 7])
-def test_lazy_adam_groups_each_table_by_its_own_rows(shift, update_path):
+def test_lazy_adam_groups_each_table_by_its_own_rows(shift, training_ops):
     generator = torch.Generator().manual_seed(2)
     batches = [torch.randint(0, 20, (8, 3), generator=generator) for _ in range(10)]
     ours = train(LazyAdam, batches, shift=shift)
@@ -42,7 +31,7 @@ def test_lazy_adam_groups_each_table_by_its_own_rows(shift, update_path):
 
 
 @pytest.mark.parametrize("repeated", [False, True])
-def test_lazy_adam_follows_sparse_adam(repeated, update_path):
+def test_lazy_adam_follows_sparse_adam(repeated, training_ops):
     generator = torch.Generator().manual_seed(1)
     # rows 40-49 are never touched; repeated indices sum their gradients
     high = 10 if repeated else 40
@@ -58,7 +47,7 @@ def test_lazy_adam_follows_sparse_adam(repeated, update_path):
     assert torch.count_nonzero(state["exp_avg"][40:]) == 0
 
 
-def test_lazy_adam_steps_dense_parameters_as_adam(update_path):
+def test_lazy_adam_steps_dense_parameters_as_adam(training_ops):
     def train(optimizer_class):
         weight = torch.nn.Parameter(torch.linspace(-1, 1, 12).view(3, 4))
         optimizer = optimizer_class([weight], lr=1e-2)
