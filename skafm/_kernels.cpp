@@ -1,14 +1,17 @@
-// Fused CPU kernels for the attention pooling of a training step.
+// Fused CPU kernels for training steps (skafm/_native.py builds them).
 //
 // Each kernel replaces a run of PyTorch operations that would each make a
 // pass over a few MB of per-pair data: in eager PyTorch those passes, not
-// the arithmetic, dominate a training step. The attention network's matrix
-// products stay in PyTorch (its GEMM is faster than anything written here).
+// the arithmetic, dominate a training step. The kernels cover the batch's
+// row gather, the feature lookup, the grouping of identical pairs, the
+// attention pooling, dropout and the optimizer's row updates; the
+// attention network's matrix products stay in PyTorch (its GEMM is faster
+// than anything written here).
 //
 // Work is split so that no two threads write the same element and every
-// sum is taken in a fixed order: rows, groups or columns are divided among
-// threads, never a reduction. Results therefore do not depend on the
-// number of threads.
+// sum is taken in a fixed order: rows, groups or fixed blocks are divided
+// among threads, and block sums are added in order. Results therefore do
+// not depend on the number of threads.
 //
 // Compiled on first use by skafm/_native.py and registered as torch.ops.skafm.
 

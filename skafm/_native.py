@@ -2,13 +2,16 @@
 
 A training step in eager PyTorch makes dozens of passes over a batch's
 per-pair tensors, and on the CPU those passes, not the arithmetic, take most
-of its time. ``_kernels.cpp`` fuses the attention pooling's gathers, softmax,
-weighted sum and scatters into five kernels. skafm ships them as source:
+of its time. ``_kernels.cpp`` fuses them: the batch's row gather, the
+feature lookup, the grouping of identical pairs, the attention pooling
+around the attention network's matrix products, dropout and the
+optimizer's row updates, each in one or two passes. skafm ships them as source:
 they are compiled with the system's C++ compiler against the installed
 torch the first time a model trains on the CPU (about 7 s on two cores),
 cached on disk, and loaded as ``torch.ops.skafm``. Without a compiler, or
 with ``SKAFM_NATIVE_KERNELS=0``, training runs the same computation in
-PyTorch operations, which give the same results to within float rounding.
+PyTorch operations, which give the same results to within float rounding,
+dropout masks aside (the kernels draw them from a stream of their own).
 """
 
 import functools
