@@ -402,6 +402,39 @@ void scatter_pair_grads(const at::Tensor& flat, const at::Tensor& grad_products,
   });
 }
 
+// Dense numbers for int64 keys, in the order keys are first seen: open
+// addressing with linear probing, at most half full for max_keys keys.
+// A slot holds its key and number side by side: one cache line per probe.
+class KeyNumbers {
+ public:
+  explicit KeyNumbers(int64_t max_keys) {
+    int64_t capacity = 16;
+    while (capacity < 2 * max_keys) capacity *= 2;
+    mask_ = capacity - 1;
+    slots_.assign(capacity, Slot{0, -1});
+  }
+
+  // The key's number; a new key gets the next one (*added is set).
+  int64_t number(int64_t key, bool* added) {
+    int64_t at = hashed_slot(key, mask_);
+    while (slots_[at].number != -1 && slots_[at].key != key) at = (at + 1) & mask_;
+    Slot& slot = slots_[at];
+    *added = slot.number == -1;
+    if (*added) slot = Slot{key, size_++};
+    return slot.number;
+  }
+
+  int64_t size() const { return size_; }
+
+ private:
+  struct Slot {
+    int64_t key;
+    int64_t number;
+  };
+  std::vector<Slot> slots_;
+  int64_t mask_ = 0, size_ = 0;
+};
+
 // One lazy Adam step (LazyAdam in skafm/_optim.py) on the rows of a table
 // that an uncoalesced sparse gradient touches: entry e adds values[e] to
 // row indices[e]. Rows are found with a hash table; each sums its entries
@@ -415,22 +448,15 @@ void lazy_adam(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
   const int64_t n_entries = indices.size(0);
   const int64_t k = param.numel() / std::max<int64_t>(param.size(0), 1);
   const int64_t* index = indices.data_ptr<int64_t>();
-  int64_t capacity = 16;
-  while (capacity < 2 * n_entries) capacity *= 2;
-  const int64_t mask = capacity - 1;
-  std::vector<int64_t> keys(capacity, -1), group_of(capacity), group(n_entries);
-  std::vector<int64_t> rows, start;
+  KeyNumbers row_numbers(n_entries);
+  std::vector<int64_t> group(n_entries), rows, start;
+  bool added;
   for (int64_t e = 0; e < n_entries; ++e) {
-    const int64_t key = index[e];
-    int64_t slot = hashed_slot(key, mask);
-    while (keys[slot] != -1 && keys[slot] != key) slot = (slot + 1) & mask;
-    if (keys[slot] == -1) {
-      keys[slot] = key;
-      group_of[slot] = static_cast<int64_t>(rows.size());
-      rows.push_back(key);
+    group[e] = row_numbers.number(index[e], &added);
+    if (added) {
+      rows.push_back(index[e]);
       start.push_back(0);
     }
-    group[e] = group_of[slot];
     ++start[group[e]];
   }
   // each row's entries, in order: a stable counting sort by row
@@ -472,39 +498,6 @@ void lazy_adam(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
     });
   });
 }
-
-// Dense numbers for int64 keys, in the order keys are first seen: open
-// addressing with linear probing, at most half full for max_keys keys.
-// A slot holds its key and number side by side: one cache line per probe.
-class KeyNumbers {
- public:
-  explicit KeyNumbers(int64_t max_keys) {
-    int64_t capacity = 16;
-    while (capacity < 2 * max_keys) capacity *= 2;
-    mask_ = capacity - 1;
-    slots_.assign(capacity, Slot{0, -1});
-  }
-
-  // The key's number; a new key gets the next one (*added is set).
-  int64_t number(int64_t key, bool* added) {
-    int64_t at = hashed_slot(key, mask_);
-    while (slots_[at].number != -1 && slots_[at].key != key) at = (at + 1) & mask_;
-    Slot& slot = slots_[at];
-    *added = slot.number == -1;
-    if (*added) slot = Slot{key, size_++};
-    return slot.number;
-  }
-
-  int64_t size() const { return size_; }
-
- private:
-  struct Slot {
-    int64_t key;
-    int64_t number;
-  };
-  std::vector<Slot> slots_;
-  int64_t mask_ = 0, size_ = 0;
-};
 
 // Groups the pairs of a training batch by their two (feature, value)
 // entries (group_pairs in skafm/_network.py, for_training), or declines
