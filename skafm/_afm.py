@@ -20,10 +20,22 @@ _PARAMETERS_TEMPLATE = """
         plain factorization machine (FM).
 
     alpha : float, default={alpha}
-        Strength of the L2 penalty on the embeddings and linear weights. Each
-        sample adds ``alpha`` times the squared norm of the parameters of its
-        own active features, so the cost of a step does not grow with
-        ``n_features``.
+        Strength of the L2 penalty on the embeddings and linear weights; its
+        scale depends on ``penalty_scope``. Only the parameters of a batch's
+        active features are penalised in a step, so the cost of a step does
+        not grow with ``n_features``.
+    penalty_scope : {"feature", "sample"}, default="{penalty_scope}"
+        What ``alpha`` is counted per. "feature": the objective adds
+        ``alpha / n_samples * sum_j |theta_j|^2`` over the features seen in
+        training, a fixed Gaussian prior on each feature's parameters as in
+        a Bayesian FM: a rarely seen feature (a user with three ratings) is
+        shrunk strongly, a frequent one is left to its data, and the same
+        ``alpha`` suits small and large data sets. Each occurrence of
+        feature j carries ``alpha / n_j`` of it, ``n_j`` its (sample-weighted)
+        number of occurrences; :meth:`partial_fit` counts over all its
+        calls. "sample": each sample adds ``alpha`` times the squared norm of
+        its own active features' parameters, so a feature's penalty grows
+        with its frequency (the usual SGD factorization machine).
 
     attention_alpha : float, default=0.0
         Strength of the L2 penalty on the weight matrix W of the attention
@@ -64,7 +76,8 @@ _PARAMETERS_TEMPLATE = """
         Number of samples per mini-batch.
 
     max_iter : int, default=100
-        Maximum number of epochs (passes over the training data).
+        Maximum number of epochs (passes over the training data) of each
+        training phase (see ``init``).
 
     tol : float, default=1e-4
         Tolerance for the optimization: training stops when the watched
@@ -116,10 +129,11 @@ _PARAMETERS_TEMPLATE = """
         embeddings, with uniform attention and the projection scaled so that a
         row with the mean number of pairs starts at the FM's output: the
         paper's pre-training. With early stopping the FM's weights are a
-        candidate too, kept when no AFM epoch scores better on the validation
-        data. It about doubles the fitting time, and fitted better on the
-        validation data the defaults were chosen on. ``n_iter_``,
-        ``loss_curve_`` and ``validation_scores_`` describe the AFM's epochs.
+        candidate too: when no AFM epoch beats the FM's best validation
+        score, the FM itself is kept (``best_phase_ == "fm"``; a later warm
+        start trains the AFM from it again). It about doubles the fitting
+        time. ``n_iter_``, ``loss_curve_`` and ``validation_scores_`` list the
+        epochs of both phases, the FM's first; ``phases_`` tells them apart.
         "frozen_fm": the same start, but the FM's embeddings and linear
         weights stay fixed while the AFM trains: only the attention network,
         the projection and the bias learn, which cannot overfit the way the
@@ -164,8 +178,18 @@ _ATTRIBUTES_DOC = """
         has feature names that are all strings.
 
     n_iter_ : int
-        Number of epochs run (over all calls, with warm starts and
-        :meth:`partial_fit`).
+        Number of epochs run, over all training phases and calls (warm
+        starts and :meth:`partial_fit`); the length of ``loss_curve_``.
+    phases_ : list of dict
+        One entry per training phase run, in order: ``"phase"`` ("fm" for
+        the factorization machine of ``init="fm"`` or ``"frozen_fm"`` or of
+        ``attention=False``, "afm" for the attentional one), ``"n_iter"``
+        (its epochs) and ``"best_validation_score"`` (None without early
+        stopping).
+    best_phase_ : str
+        The phase whose weights predict: "afm", or "fm" when the
+        attentional phase never beat the factorization machine it started
+        from (or ``attention=False``).
 
     t_ : int
         Number of training samples seen by the optimizer.
@@ -177,8 +201,8 @@ _ATTRIBUTES_DOC = """
         Validation score of each epoch; None without early stopping.
 
     best_validation_score_ : float or None
-        Best validation score, that of the restored weights; None without
-        early stopping.
+        Best validation score, ``max(validation_scores_)``, that of the
+        weights that predict; None without early stopping.
 
     best_loss_ : float or None
         Lowest training objective reached; None with early stopping.
@@ -213,6 +237,7 @@ _DEFAULTS = dict(
     attention_size=16,
     attention=True,
     alpha=1e-5,
+    penalty_scope="sample",
     attention_alpha=0.0,
     dropout=0.5,
     attention_dropout=0.0,
@@ -237,7 +262,10 @@ _DEFAULTS = dict(
 
 
 _REGRESSOR_PARAMETERS_DOC = _parameters_doc(
-    dropout=_DEFAULTS["dropout"], alpha=_DEFAULTS["alpha"], init=_DEFAULTS["init"]
+    dropout=_DEFAULTS["dropout"],
+    alpha=_DEFAULTS["alpha"],
+    init=_DEFAULTS["init"],
+    penalty_scope=_DEFAULTS["penalty_scope"],
 )
 
 
@@ -288,6 +316,7 @@ class AFMRegressor(RegressorMixin, BaseAFM):
         attention_size=_DEFAULTS["attention_size"],
         attention=_DEFAULTS["attention"],
         alpha=_DEFAULTS["alpha"],
+        penalty_scope=_DEFAULTS["penalty_scope"],
         attention_alpha=_DEFAULTS["attention_alpha"],
         dropout=_DEFAULTS["dropout"],
         attention_dropout=_DEFAULTS["attention_dropout"],
@@ -314,6 +343,7 @@ class AFMRegressor(RegressorMixin, BaseAFM):
             attention_size=attention_size,
             attention=attention,
             alpha=alpha,
+            penalty_scope=penalty_scope,
             attention_alpha=attention_alpha,
             dropout=dropout,
             attention_dropout=attention_dropout,
@@ -455,7 +485,10 @@ _CLASSIFIER_ALPHA = 1e-3
 # regressor "frozen_fm" lost: RMSE 0.4974 against 0.47-0.48 with "fm")
 _CLASSIFIER_INIT = "frozen_fm"
 _CLASSIFIER_PARAMETERS_DOC = _parameters_doc(
-    dropout=_CLASSIFIER_DROPOUT, alpha=_CLASSIFIER_ALPHA, init=_CLASSIFIER_INIT
+    dropout=_CLASSIFIER_DROPOUT,
+    alpha=_CLASSIFIER_ALPHA,
+    init=_CLASSIFIER_INIT,
+    penalty_scope=_DEFAULTS["penalty_scope"],
 )
 
 
@@ -511,6 +544,7 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
         attention_size=_DEFAULTS["attention_size"],
         attention=_DEFAULTS["attention"],
         alpha=_CLASSIFIER_ALPHA,
+        penalty_scope=_DEFAULTS["penalty_scope"],
         attention_alpha=_DEFAULTS["attention_alpha"],
         dropout=_CLASSIFIER_DROPOUT,
         attention_dropout=_DEFAULTS["attention_dropout"],
@@ -537,6 +571,7 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
             attention_size=attention_size,
             attention=attention,
             alpha=alpha,
+            penalty_scope=penalty_scope,
             attention_alpha=attention_alpha,
             dropout=dropout,
             attention_dropout=attention_dropout,

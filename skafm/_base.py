@@ -46,10 +46,11 @@ def current_versions():
 
     from . import __version__
 
+    # plain str: torch's version is a str subclass that safe loading refuses
     return {
-        "skafm": __version__,
-        "torch": torch.__version__,
-        "sklearn": sklearn.__version__,
+        "skafm": str(__version__),
+        "torch": str(torch.__version__),
+        "sklearn": str(sklearn.__version__),
     }
 
 
@@ -108,6 +109,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         "attention_size": [Interval(Integral, 1, None, closed="left")],
         "attention": ["boolean"],
         "alpha": [Interval(Real, 0, None, closed="left")],
+        "penalty_scope": [StrOptions({"feature", "sample"})],
         "attention_alpha": [Interval(Real, 0, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "attention_dropout": [Interval(Real, 0, 1, closed="left")],
@@ -142,6 +144,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         attention_size,
         attention,
         alpha,
+        penalty_scope,
         attention_alpha,
         dropout,
         attention_dropout,
@@ -167,6 +170,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         self.attention_size = attention_size
         self.attention = attention
         self.alpha = alpha
+        self.penalty_scope = penalty_scope
         self.attention_alpha = attention_alpha
         self.dropout = dropout
         self.attention_dropout = attention_dropout
@@ -300,42 +304,77 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             n_iter_no_change=self.n_iter_no_change,
             early_stopping=early_stopping,
         )
-        pretrained = False
+        counts = data.feature_counts()
+        # each phase: (name, its trainer, its history); the AFM's start from
+        # an FM must beat the FM's best validation score to be kept
+        phases, fm_trainer = [], None
         if continuing:
             trainer = self._trainer.continued(config, device)
-            trainer.module.set_dropout(self.dropout, self.attention_dropout)
-        else:
-            module = self._build_module(X.shape[1], n_outputs, initial_bias, rng)
-            if self.init in ("fm", "frozen_fm") and self.attention and not incremental:
-                fm = self._build_module(
-                    X.shape[1], n_outputs, initial_bias, rng, attention=False
-                )
-                fm, fm_history = self._pretrain(
-                    Trainer(fm.to(device), config), data, rng, rule, validation
-                )
-                module.start_from_factorization_machine(
-                    fm, mean_pair_count(data.widths)
-                )
-                pretrained = True
-                if fm_history.interrupted:
-                    # Ctrl-C during pre-training stops the whole fit
-                    rule = dataclasses.replace(rule, max_iter=0)
+            if self.attention and not trainer.module.attention:
+                # the FM phase won the last fit: the AFM phase starts from it
+                fm_trainer, trainer = trainer, None
+        elif self.init in ("fm", "frozen_fm") and self.attention and not incremental:
+            fm = self._build_module(
+                X.shape[1], n_outputs, initial_bias, rng, attention=False
+            )
+            fm_trainer = Trainer(fm.to(device), config)
+            fm_trainer.set_feature_counts(counts)
+            fm_history = self._pretrain(fm_trainer, data, rng, rule, validation)
+            phases.append(("fm", fm_trainer, fm_history))
+            if fm_history.interrupted:
+                # Ctrl-C during pre-training stops the whole fit
+                rule = dataclasses.replace(rule, max_iter=0)
+        if fm_trainer is not None:
+            fm_network = fm_trainer.prediction_module
+            module = self._build_module(
+                X.shape[1], fm_network.n_outputs, [0.0] * fm_network.n_outputs, rng
+            )
+            module.start_from_factorization_machine(
+                fm_network, mean_pair_count(data.widths)
+            )
             trainer = Trainer(module.to(device), config)
+        elif not continuing:
+            module = self._build_module(X.shape[1], n_outputs, initial_bias, rng)
+            trainer = Trainer(module.to(device), config)
+        trainer.module.set_dropout(self.dropout, self.attention_dropout)
+        trainer.set_feature_counts(counts, accumulate=continuing and incremental)
+        fm_best = None
+        if fm_trainer is not None and early_stopping:
+            fm_best = (
+                max(phases[0][2].validation_scores)
+                if phases and phases[0][2].validation_scores
+                else getattr(self, "best_validation_score_", None)
+            )
 
-        with fixed_tables(trainer.module, pretrained and self.init == "frozen_fm"):
+        frozen = fm_trainer is not None and self.init == "frozen_fm" and not continuing
+        with fixed_tables(trainer.module, frozen):
             history = self._train(
                 trainer,
                 data,
                 rng,
                 rule,
                 validation,
-                first_epoch=self.n_iter_ + 1 if continuing else 1,
+                first_epoch=(self.n_iter_ if continuing else 0)
+                + sum(len(h.loss_curve) for _, _, h in phases)
+                + 1,
                 # the FM it starts from is a candidate: never end worse than it
-                keep_start_if_best=pretrained,
+                score_to_beat=fm_best,
                 warning_stacklevel=7,
             )
         history.interrupted = history.interrupted or rule.max_iter == 0
-        self._record(trainer, history, continuing, early_stopping, config.loss)
+        phases.append(("afm" if self.attention else "fm", trainer, history))
+        if history.start_kept:
+            if self.verbose:
+                print(
+                    "The attentional phase did not improve on the factorization "
+                    "machine it started from: keeping the factorization machine"
+                )
+            winner, winner_name = fm_trainer, "fm"
+        else:
+            winner, winner_name = trainer, phases[-1][0]
+        self._record(
+            phases, winner, winner_name, continuing, early_stopping, config.loss
+        )
         self._rng = rng
         if not (history.converged or history.interrupted or incremental):
             warnings.warn(
@@ -349,16 +388,21 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
     def _pretrain(self, trainer, data, rng, rule, validation):
         """Train the plain FM that ``init="fm"`` and ``"frozen_fm"`` start from.
 
-        Returns its network and its training history.
+        Returns its training history; ``trainer`` holds the fitted FM.
         """
         if self.verbose:
-            print(f"Pre-training a factorization machine (init={self.init!r})")
+            print(
+                "Phase 1 of 2: pre-training a factorization machine "
+                f"(init={self.init!r})"
+            )
         history = self._train(
             trainer, data, rng, rule, validation, warning_stacklevel=8
         )
         if self.verbose and not history.interrupted:
-            print("Training the attentional factorization machine from it")
-        return trainer.prediction_module, history
+            print(
+                "Phase 2 of 2: training the attentional factorization machine from it"
+            )
+        return history
 
     def _train(self, trainer, data, rng, rule, validation, **options):
         """:func:`fit_epochs` scored on ``validation`` when early stopping is on.
@@ -381,26 +425,46 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             **options,
         )
 
-    def _record(self, trainer, history, continuing, early_stopping, loss):
-        """Set the fitted attributes from a finished training call."""
+    def _record(self, phases, winner, winner_name, continuing, early_stopping, loss):
+        """Set the fitted attributes from a finished training call.
+
+        ``phases`` lists each phase's (name, trainer, history) in order;
+        ``winner`` is the trainer whose network predicts, and ``winner_name``
+        the phase it comes from.
+        """
         scale = self._loss_scale()
-        losses = [scale * value for value in history.loss_curve]
+        losses, scores, summaries = [], [], []
+        for name, _, history in phases:
+            losses += [scale * value for value in history.loss_curve]
+            scores += history.validation_scores
+            summaries.append(
+                {
+                    "phase": name,
+                    "n_iter": len(history.loss_curve),
+                    "best_validation_score": max(history.validation_scores)
+                    if early_stopping and history.validation_scores
+                    else None,
+                }
+            )
         previous_losses = self.loss_curve_ if continuing else []
         previous_scores = (
             self.validation_scores_ or [] if continuing and early_stopping else []
         )
-        self._trainer = trainer
+        self._trainer = winner
         self._loss = loss
-        self.module_ = trainer.prediction_module
+        self.module_ = winner.prediction_module
         self.loss_curve_ = previous_losses + losses
         self.n_iter_ = len(self.loss_curve_)
-        self.t_ = (self.t_ if continuing else 0) + history.samples_seen
+        self.t_ = (self.t_ if continuing else 0) + sum(
+            history.samples_seen for _, _, history in phases
+        )
+        self.phases_ = (self.phases_ if continuing else []) + summaries
+        self.best_phase_ = winner_name
         if early_stopping:
-            self.validation_scores_ = previous_scores + history.validation_scores
-            candidates = list(self.validation_scores_)
-            if history.initial_score is not None:
-                candidates.append(history.initial_score)
-            self.best_validation_score_ = max(candidates) if candidates else None
+            self.validation_scores_ = previous_scores + scores
+            self.best_validation_score_ = (
+                max(self.validation_scores_) if self.validation_scores_ else None
+            )
             self.best_loss_ = None
         else:
             self.validation_scores_ = None
@@ -500,7 +564,10 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         module = self._trainer.module
         fitted = (module.n_factors, module.attention_size, module.attention)
         wanted = (self.n_factors, self.attention_size, self.attention)
-        if fitted[2] is False:
+        if fitted[2] is False and self.attention and self.best_phase_ == "fm":
+            # the FM phase won: continuing trains the AFM from it
+            fitted, wanted = fitted[:1], wanted[:1]
+        elif fitted[2] is False:
             fitted, wanted = fitted[::2], wanted[::2]
         if fitted != wanted:
             raise ValueError(
@@ -535,6 +602,7 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             shuffle=self.shuffle,
             alpha=self.alpha,
             attention_alpha=self.attention_alpha,
+            penalty_scope=self.penalty_scope,
             average_decay=average_decay(
                 self._average_window(early_stopping), n_samples, self.batch_size
             ),
@@ -564,7 +632,9 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
     # -- persistence and tags --------------------------------------------------
 
     def __getstate__(self):
-        state = super().__getstate__()
+        # a copy: on Python >= 3.11 object.__getstate__ returns the live
+        # __dict__, and pickling must never change the object pickled
+        state = dict(super().__getstate__())
         trainer = state.get("_trainer")
         if trainer is not None:
             # pickles hold CPU tensors so they load on machines without a GPU

@@ -589,12 +589,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> training_pair_groups(
 }
 
 // The rows' value-scaled embeddings v[index] * x, linear terms
-// sum_i w[index_i] x_i and, with_penalty, each row's squared norm of its
-// active entries' parameters, sum_i |v_i|^2 + |w_i|^2 (FeatureLookup in
-// skafm/_network.py). Threads take whole rows.
+// sum_i w[index_i] x_i and, with_penalty, each row's weighted squared norm
+// of its entries' parameters, sum_i r_i (|v_i|^2 + |w_i|^2), r_i the entry's
+// penalty weight (0 for padding; all 1 when none is given) (FeatureLookup
+// in skafm/_network.py). Threads take whole rows.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> feature_lookup(
     const at::Tensor& index, const at::Tensor& value,
-    const std::optional<at::Tensor>& mask, const at::Tensor& embedding,
+    const std::optional<at::Tensor>& penalty_weight, const at::Tensor& embedding,
     const at::Tensor& linear, bool with_penalty) {
   const int64_t n_rows = index.size(0), width = index.size(1);
   const int64_t k = embedding.size(1), n_out = linear.size(1);
@@ -602,8 +603,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> feature_lookup(
   at::Tensor linear_term = at::empty({n_rows, n_out}, embedding.options());
   at::Tensor norm = at::empty({with_penalty ? n_rows : 0}, embedding.options());
   const int64_t* ids = index.data_ptr<int64_t>();
-  const bool* active = optional_data<bool>(mask);
   AT_DISPATCH_FLOATING_TYPES(embedding.scalar_type(), "feature_lookup", [&] {
+    const scalar_t* entry_weight = optional_data<scalar_t>(penalty_weight);
     const scalar_t* x = value.data_ptr<scalar_t>();
     const scalar_t* v = embedding.data_ptr<scalar_t>();
     const scalar_t* w = linear.data_ptr<scalar_t>();
@@ -625,8 +626,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> feature_lookup(
           const scalar_t* weights = w + ids[i] * n_out;
           scale(out + i * k, x[i], row, k);
           add_scaled(term, x[i], weights, n_out);
-          if (norms && (!active || active[i]))
-            squared += dot(row, row, k) + dot(weights, weights, n_out);
+          if (norms) {
+            const scalar_t norm = dot(row, row, k) + dot(weights, weights, n_out);
+            squared += entry_weight ? entry_weight[i] * norm : norm;
+          }
         }
         if (norms) norms[r] = squared;
       }
@@ -637,11 +640,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> feature_lookup(
 
 // The per-entry gradients of feature_lookup's two tables, as (n_rows *
 // width, k) and (n_rows * width, n_out) values of sparse gradients:
-// grad_scaled * x and x * grad_linear, plus 2 grad_norm (v_i, w_i) for the
-// active entries when grad_norm is given.
+// grad_scaled * x and x * grad_linear, plus 2 r_i grad_norm (v_i, w_i) when
+// grad_norm is given (r_i the entry's penalty weight, 1 when none is given).
 std::tuple<at::Tensor, at::Tensor> feature_lookup_backward(
     const at::Tensor& index, const at::Tensor& value,
-    const std::optional<at::Tensor>& mask, const at::Tensor& embedding,
+    const std::optional<at::Tensor>& penalty_weight, const at::Tensor& embedding,
     const at::Tensor& linear, const at::Tensor& grad_scaled,
     const at::Tensor& grad_linear, const std::optional<at::Tensor>& grad_norm) {
   const int64_t n_rows = index.size(0), width = index.size(1);
@@ -649,8 +652,8 @@ std::tuple<at::Tensor, at::Tensor> feature_lookup_backward(
   at::Tensor grad_rows = at::empty({n_rows * width, k}, embedding.options());
   at::Tensor grad_linear_rows = at::empty({n_rows * width, n_out}, embedding.options());
   const int64_t* ids = index.data_ptr<int64_t>();
-  const bool* active = optional_data<bool>(mask);
   AT_DISPATCH_FLOATING_TYPES(embedding.scalar_type(), "feature_lookup_backward", [&] {
+    const scalar_t* entry_weight = optional_data<scalar_t>(penalty_weight);
     const scalar_t* x = value.data_ptr<scalar_t>();
     const scalar_t* v = embedding.data_ptr<scalar_t>();
     const scalar_t* w = linear.data_ptr<scalar_t>();
@@ -668,8 +671,9 @@ std::tuple<at::Tensor, at::Tensor> feature_lookup_backward(
             prefetch_row(v + ids[i + kPrefetchRows] * k, k);
             prefetch_row(w + ids[i + kPrefetchRows] * n_out, n_out);
           }
-          if (gn && (!active || active[i])) {
-            const scalar_t weight = scalar_t(2) * gn[r];
+          if (gn && (!entry_weight || entry_weight[i] != scalar_t(0))) {
+            const scalar_t weight =
+                scalar_t(2) * gn[r] * (entry_weight ? entry_weight[i] : scalar_t(1));
             add_scaled(gr + i * k, weight, v + ids[i] * k, k);
             add_scaled(glr + i * n_out, weight, w + ids[i] * n_out, n_out);
           }
@@ -829,11 +833,12 @@ TORCH_LIBRARY(skafm, m) {
       "-> (Tensor, Tensor, Tensor, int)",
       &training_pair_groups);
   m.def(
-      "feature_lookup(Tensor index, Tensor value, Tensor? mask, Tensor embedding, "
+      "feature_lookup(Tensor index, Tensor value, Tensor? penalty_weight, "
+      "Tensor embedding, "
       "Tensor linear, bool with_penalty) -> (Tensor, Tensor, Tensor)",
       &feature_lookup);
   m.def(
-      "feature_lookup_backward(Tensor index, Tensor value, Tensor? mask, "
+      "feature_lookup_backward(Tensor index, Tensor value, Tensor? penalty_weight, "
       "Tensor embedding, Tensor linear, Tensor grad_scaled, Tensor grad_linear, "
       "Tensor? grad_norm) -> (Tensor, Tensor)",
       &feature_lookup_backward);

@@ -136,15 +136,22 @@ class AttentionalFactorizationMachine(nn.Module):
         )
         return self._output(scaled, linear, index, value, mask, generator, workspace)
 
-    def forward_with_penalty(self, index, value, mask, generator=None, workspace=None):
-        """Raw outputs and each row's squared norm of its active parameters.
+    def forward_with_penalty(
+        self, index, value, mask, generator=None, workspace=None, penalty_weight=None
+    ):
+        """Raw outputs and each row's weighted squared norm of its parameters.
 
-        The norm, summed over the row's active features of ``|v_i|^2 + |w_i|^2``,
-        is the lazy L2 penalty used in training: only parameters the row
-        touches are regularised, so a step costs nothing per unseen feature.
+        The norm, summed over the row's active features of
+        ``r_i (|v_i|^2 + |w_i|^2)``, is the lazy L2 penalty used in training:
+        only parameters the row touches are regularised, so a step costs
+        nothing per unseen feature. ``penalty_weight`` holds each entry's
+        ``r_i`` (shaped like ``index``, 0 for padding); None weighs every
+        active entry 1.
         """
+        if penalty_weight is None:
+            penalty_weight = mask.to(value.dtype)
         scaled, linear, squared_norm = FeatureLookup.apply(
-            index, value, mask, self.embedding, self.linear, True
+            index, value, penalty_weight, self.embedding, self.linear, True
         )
         output = self._output(scaled, linear, index, value, mask, generator, workspace)
         return output, squared_norm
@@ -355,20 +362,21 @@ class FeatureLookup(torch.autograd.Function):
     """The rows' value-scaled embeddings and linear terms, in one autograd node.
 
     Forward: ``scaled = v[index] * x``, ``linear = sum_i w[index_i] x_i`` per row
-    and, on request, each row's ``sum_i |v_i|^2 + |w_i|^2`` over its active
-    entries (the lazy L2 penalty). Backward: sparse gradients for both tables
-    that share one index tensor, so the optimizer groups the batch's rows
-    once for the two. The same values as ``F.embedding(..., sparse=True)``
-    followed by the products, with fewer passes and autograd nodes.
+    and, on request, each row's ``sum_i r_i (|v_i|^2 + |w_i|^2)`` over its
+    entries, ``r_i`` their penalty weights (the lazy L2 penalty). Backward:
+    sparse gradients for both tables that share one index tensor, so the
+    optimizer groups the batch's rows once for the two. The same values as
+    ``F.embedding(..., sparse=True)`` followed by the products, with fewer
+    passes and autograd nodes.
     """
 
     @staticmethod
-    def forward(ctx, index, value, mask, embedding, linear, with_penalty):
+    def forward(ctx, index, value, penalty_weight, embedding, linear, with_penalty):
         kernels = _native.for_tensor(embedding)
         ctx.kernels = kernels if value.dtype == embedding.dtype else None
         if ctx.kernels is not None:
             return FeatureLookup._fused_forward(
-                ctx, index, value, mask, embedding, linear, with_penalty
+                ctx, index, value, penalty_weight, embedding, linear, with_penalty
             )
         flat = index.reshape(-1)
         rows = embedding.index_select(0, flat).view(*index.shape, embedding.shape[1])
@@ -380,35 +388,39 @@ class FeatureLookup(torch.autograd.Function):
         if not with_penalty:
             ctx.save_for_backward(flat, value)
             return scaled, linear_term
-        active = mask.unsqueeze(-1)
-        squared_norm = (rows.square() * active).sum((1, 2)) + (
-            linear_rows.square() * active
+        weight = penalty_weight.unsqueeze(-1)
+        squared_norm = (rows.square() * weight).sum((1, 2)) + (
+            linear_rows.square() * weight
         ).sum((1, 2))
-        ctx.save_for_backward(flat, value, mask, rows, linear_rows)
+        ctx.save_for_backward(flat, value, penalty_weight, rows, linear_rows)
         return scaled, linear_term, squared_norm
 
     @staticmethod
-    def _fused_forward(ctx, index, value, mask, embedding, linear, with_penalty):
+    def _fused_forward(
+        ctx, index, value, penalty_weight, embedding, linear, with_penalty
+    ):
         index, value = index.contiguous(), value.contiguous()
-        mask = mask.contiguous() if with_penalty else None
+        penalty_weight = (
+            penalty_weight.to(value.dtype).contiguous() if with_penalty else None
+        )
         scaled, linear_term, squared_norm = ctx.kernels.feature_lookup(
-            index, value, mask, embedding, linear, with_penalty
+            index, value, penalty_weight, embedding, linear, with_penalty
         )
         ctx.with_penalty = with_penalty
         # the tables are saved, not their rows: the backward pass reads the
         # rows again for the penalty's gradient
-        ctx.save_for_backward(index, value, mask, embedding, linear)
+        ctx.save_for_backward(index, value, penalty_weight, embedding, linear)
         if with_penalty:
             return scaled, linear_term, squared_norm
         return scaled, linear_term
 
     @staticmethod
     def _fused_backward(ctx, grad_scaled, grad_linear, grad_norm):
-        index, value, mask, embedding, linear = ctx.saved_tensors
+        index, value, penalty_weight, embedding, linear = ctx.saved_tensors
         grad_rows, grad_linear_rows = ctx.kernels.feature_lookup_backward(
             index,
             value,
-            mask,
+            penalty_weight,
             embedding,
             linear,
             grad_scaled.contiguous(),
@@ -430,8 +442,8 @@ class FeatureLookup(torch.autograd.Function):
         grad_rows = grad_scaled * value.unsqueeze(-1)
         grad_linear_rows = value.unsqueeze(-1) * grad_linear.unsqueeze(1)
         if ctx.with_penalty and grad_norm is not None:
-            mask, rows, linear_rows = penalty_inputs
-            weight = (2.0 * grad_norm.view(-1, 1) * mask).unsqueeze(-1)
+            penalty_weight, rows, linear_rows = penalty_inputs
+            weight = (2.0 * grad_norm.view(-1, 1) * penalty_weight).unsqueeze(-1)
             grad_rows.addcmul_(rows, weight)
             grad_linear_rows.addcmul_(linear_rows, weight)
         indices = flat.unsqueeze(0)

@@ -56,6 +56,9 @@ class OptimizationConfig:
     attention_alpha: float
     # 0 trains without a weight average
     average_decay: float = 0.0
+    # "sample": each occurrence of a feature is penalised alpha |theta|^2;
+    # "feature": alpha / (its weighted count), a fixed prior per feature
+    penalty_scope: str = "sample"
 
 
 @dataclass(frozen=True)
@@ -83,18 +86,31 @@ class TrainingData:
 
     @classmethod
     def build(cls, X_csr, target, sample_weight, device):
-        weight = torch.as_tensor(sample_weight, dtype=torch.float32, device=device)
+        # dividing by the mean weight makes unit weights give the plain mean
+        # and leaves training unchanged when all weights are scaled alike;
+        # done in float64, before weights of 1e-300 or 1e300 meet float32
+        weight = np.asarray(sample_weight, dtype=np.float64)
+        mean = weight.mean() if weight.size else 1.0
+        if weight.size and not mean > 0.0:
+            raise ValueError(
+                "sample_weight is zero for every sample: there is nothing to fit."
+            )
         return cls(
             X_csr,
             torch.as_tensor(target, dtype=torch.float32, device=device),
-            # dividing by the mean weight makes unit weights give the plain mean
-            # and leaves training unchanged when all weights are scaled alike
-            weight / weight.mean(),
+            torch.as_tensor(weight / mean, dtype=torch.float32, device=device),
         )
 
     @property
     def n_samples(self):
         return self.X_csr.shape[0]
+
+    def feature_counts(self):
+        """Each feature's number of occurrences, weighted as the samples are."""
+        X = self.X_csr
+        weight = self.weight.cpu().numpy().astype(np.float64)
+        rows = np.repeat(weight, np.diff(X.indptr))
+        return np.bincount(X.indices, weights=rows, minlength=X.shape[1])
 
     @property
     def widths(self):
@@ -111,8 +127,9 @@ class EpochHistory:
     converged: bool = False
     interrupted: bool = False
     best_epoch: int = -1
-    # validation score of the starting weights, when they were candidates
-    initial_score: float | None = None
+    # with score_to_beat: True when no epoch beat it (the caller keeps what
+    # that score belongs to)
+    start_kept: bool = False
 
 
 def per_sample_loss(loss, output, target):
@@ -149,6 +166,46 @@ class Trainer:
             module, config.optimizer, config.learning_rate
         )
         self.average = self._new_average(config)
+        # weighted occurrences of each feature in the data trained on, for
+        # the "feature" penalty scope (see set_feature_counts)
+        self.feature_counts = None
+        self._penalty_table = None
+
+    def set_feature_counts(self, counts, accumulate=False):
+        """Count the features of the data to train on.
+
+        With ``penalty_scope="feature"`` each occurrence of feature j carries
+        ``1 / counts[j]`` of its penalty, so that over the data the penalty
+        is ``alpha * |theta_j|^2`` per feature, however often it occurs.
+        ``accumulate`` adds to the counts so far (``partial_fit``'s chunks).
+        """
+        counts = np.asarray(counts, dtype=np.float64)
+        if accumulate and self.feature_counts is not None:
+            counts = self.feature_counts + counts
+        self.feature_counts = counts
+        self._penalty_table = None
+
+    def __getstate__(self):
+        # the table is rebuilt from the counts on the device that trains
+        return {**self.__dict__, "_penalty_table": None}
+
+    def __setstate__(self, state):
+        # trainers pickled before the penalty scope existed have no counts
+        self.__dict__.update({"feature_counts": None, "_penalty_table": None})
+        self.__dict__.update(state)
+
+    def _entry_penalty(self, batch):
+        """Each entry's penalty weight, or None for the sample scope."""
+        scope = getattr(self.config, "penalty_scope", "sample")
+        if scope != "feature" or self.feature_counts is None:
+            return None
+        if self._penalty_table is None:
+            counts = self.feature_counts
+            table = np.divide(1.0, counts, out=np.zeros_like(counts), where=counts > 0)
+            self._penalty_table = torch.as_tensor(
+                table, dtype=torch.float32, device=self.device
+            )
+        return self._penalty_table[batch.index] * batch.mask
 
     def _new_average(self, config):
         if config.average_decay == 0.0:
@@ -173,6 +230,7 @@ class Trainer:
         """
         clone = copy.deepcopy(self)
         clone.move_to(device)
+        clone._penalty_table = None
         if config.optimizer != clone.config.optimizer:
             clone.optimizers = make_optimizers(
                 clone.module, config.optimizer, config.learning_rate
@@ -200,6 +258,7 @@ class Trainer:
         """Move the network and the optimizers' state to ``device``, in place."""
         if self.device == device:
             return
+        self._penalty_table = None
         # nn.Module.to keeps the Parameter objects, so the optimizers'
         # references to them stay valid; only their state needs moving
         self.module.to(device)
@@ -263,7 +322,9 @@ class Trainer:
         args = (batch.index, batch.value, batch.mask, generator, workspace)
         if config.alpha == 0.0:
             return per_sample_loss(config.loss, module(*args), target)
-        output, squared_norm = module.forward_with_penalty(*args)
+        output, squared_norm = module.forward_with_penalty(
+            *args, penalty_weight=self._entry_penalty(batch)
+        )
         loss = per_sample_loss(config.loss, output, target)
         return loss + config.alpha * squared_norm
 
@@ -333,7 +394,7 @@ def fit_epochs(
     validation_score=None,
     verbose=0,
     first_epoch=1,
-    keep_start_if_best=False,
+    score_to_beat=None,
     warning_stacklevel=6,
 ):
     """Train for up to ``rule.max_iter`` epochs.
@@ -353,9 +414,12 @@ def fit_epochs(
     first_epoch : int
         Number shown for the first epoch of this call (warm starts go on
         counting).
-    keep_start_if_best : bool
-        With early stopping, score the starting weights too and keep them if
-        no epoch beats them (for a network that starts from a fitted model).
+    score_to_beat : float or None
+        With early stopping, the validation score of the model this network
+        starts from (an FM's, for the AFM that starts from it): an epoch must
+        beat it to count as the best. When none does, ``history.start_kept``
+        is set and the trainer holds its last weights; the caller keeps the
+        model the score belongs to.
     warning_stacklevel : int
         ``stacklevel`` of the interruption warning, so that it points at the
         user's call.
@@ -372,11 +436,8 @@ def fit_epochs(
     generator.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
     history = EpochHistory()
     best_score, best_weights, no_improvement = -np.inf, None, 0
-    if keep_start_if_best and rule.early_stopping:
-        best_score = history.initial_score = validation_score()
-        best_weights = trainer.weights()
-        if verbose:
-            print(f"Starting weights, validation score = {best_score:.6f}")
+    if score_to_beat is not None and rule.early_stopping:
+        best_score = score_to_beat
 
     for epoch in range(first_epoch, first_epoch + rule.max_iter):
         start = time.perf_counter()
@@ -436,6 +497,9 @@ def fit_epochs(
 
     if best_weights is not None:
         trainer.load_weights(best_weights)
+    history.start_kept = (
+        score_to_beat is not None and rule.early_stopping and (best_weights is None)
+    )
     return history
 
 

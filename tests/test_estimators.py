@@ -333,8 +333,10 @@ def test_training_stops_when_loss_stops_improving():
         model = AFMRegressor(max_iter=500, tol=1.0, n_iter_no_change=3).fit(
             X, np.ones(64)
         )
-    # the first epoch sets the reference; three more without improvement stop it
-    assert model.n_iter_ == 1 + 3
+    # in each phase the first epoch sets the reference; three more without
+    # improvement stop it
+    assert [phase["n_iter"] for phase in model.phases_] == [1 + 3, 1 + 3]
+    assert model.n_iter_ == 2 * (1 + 3)
 
 
 def test_verbose_prints_one_line_per_epoch(planted_regression):

@@ -349,6 +349,8 @@ def test_feature_lookup_matches_embedding_lookups(n_outputs, training_ops):
     mask = torch.rand(5, 4, generator=generator) > 0.3
     value = value * mask
     weights = [torch.randn(5, generator=generator) for _ in range(3)]
+    # each entry's penalty weight, 0 for padding
+    penalty = (0.5 + torch.rand(5, 4, generator=generator)) * mask
 
     def run(fused):
         embedding = torch.randn(9, 6, generator=torch.Generator().manual_seed(4))
@@ -357,16 +359,16 @@ def test_feature_lookup_matches_embedding_lookups(n_outputs, training_ops):
         linear.requires_grad_(True)
         if fused:
             scaled, term, norm = skafm._network.FeatureLookup.apply(
-                index, value, mask, embedding, linear, True
+                index, value, penalty, embedding, linear, True
             )
         else:
             rows = torch.nn.functional.embedding(index, embedding, sparse=True)
             linear_rows = torch.nn.functional.embedding(index, linear, sparse=True)
             scaled = rows * value.unsqueeze(-1)
             term = torch.bmm(value.unsqueeze(1), linear_rows).squeeze(1)
-            active = mask.unsqueeze(-1)
-            norm = (rows.square() * active).sum((1, 2)) + (
-                linear_rows.square() * active
+            weight = penalty.unsqueeze(-1)
+            norm = (rows.square() * weight).sum((1, 2)) + (
+                linear_rows.square() * weight
             ).sum((1, 2))
         objective = (
             (scaled.sum(-1).sum(-1) * weights[0]).sum()

@@ -46,7 +46,10 @@ def overfitting_regressor(**params):
 def test_early_stopping_halts_and_restores_the_best_epoch(split):
     X_train, X_val, y_train, y_val = split
     X_train, y_train = X_train[:400], y_train[:400]  # few samples: it overfits
-    model = overfitting_regressor(early_stopping=True, n_iter_no_change=5)
+    # one phase, so that the stopping rule is read off one run of epochs
+    model = overfitting_regressor(
+        early_stopping=True, n_iter_no_change=5, init="random"
+    )
     model.fit(X_train, y_train, X_val=X_val, y_val=y_val)
 
     assert model.n_iter_ < 200
@@ -347,9 +350,11 @@ def test_init_fm_starts_the_afm_where_a_plain_fm_ended(split):
     pretrained = AFMRegressor(**{**params, "init": "fm"}).fit(X_train, y_train)
     scratch = AFMRegressor(**{**params, "init": "random"}).fit(X_train, y_train)
     # the first AFM epoch continues from the FM's loss instead of starting over
-    assert pretrained.loss_curve_[0] < 3 * fm.loss_curve_[-1]
-    assert pretrained.loss_curve_[0] < 0.2 * scratch.loss_curve_[0]
-    assert pretrained.n_iter_ == 10
+    first_afm_loss = pretrained.loss_curve_[pretrained.phases_[0]["n_iter"]]
+    assert first_afm_loss < 3 * fm.loss_curve_[-1]
+    assert first_afm_loss < 0.2 * scratch.loss_curve_[0]
+    assert [phase["n_iter"] for phase in pretrained.phases_] == [10, 10]
+    assert pretrained.n_iter_ == 20
 
 
 def test_init_fm_is_ignored_without_attention(split):
@@ -363,30 +368,34 @@ def test_init_fm_is_ignored_without_attention(split):
 def test_init_fm_keeps_the_fm_when_no_afm_epoch_beats_it(split, monkeypatch):
     X_train, X_val, y_train, y_val = split
     real_fit_epochs = skafm._training.fit_epochs
-    calls = []
+    fm_states = []
 
     def worsening_afm_phase(trainer, *args, validation_score=None, **kwargs):
-        if not trainer.module.attention or validation_score is None:
+        if trainer.module.attention and validation_score is not None:
+            # every AFM epoch scores far below the FM it started from
+            scores = iter([-1e6 - epoch for epoch in range(100)])
             return real_fit_epochs(
-                trainer, *args, validation_score=validation_score, **kwargs
+                trainer, *args, validation_score=lambda: next(scores), **kwargs
             )
-        # every AFM epoch scores worse than the weights it started from
-        scores = iter([0.0] + [-1.0 - epoch for epoch in range(100)])
-        start = {k: v.clone() for k, v in trainer.module.state_dict().items()}
         history = real_fit_epochs(
-            trainer, *args, validation_score=lambda: next(scores), **kwargs
+            trainer, *args, validation_score=validation_score, **kwargs
         )
-        calls.append((start, trainer.module.state_dict()))
+        fm_states.append({k: v.clone() for k, v in trainer.module.state_dict().items()})
         return history
 
     monkeypatch.setattr(skafm._base, "fit_epochs", worsening_afm_phase)
     model = AFMRegressor(**{**FAST, "max_iter": 20, "init": "fm"}, n_iter_no_change=3)
     model.fit(X_train, y_train, X_val=X_val, y_val=y_val)
-    ((start, end),) = calls
-    for name, value in start.items():
-        np.testing.assert_array_equal(end[name].numpy(), value.numpy(), err_msg=name)
-    assert model.best_validation_score_ == 0.0
-    assert model.n_iter_ == 3
+    ((fm_state,),) = [fm_states]
+    assert model.best_phase_ == "fm" and not model.module_.attention
+    for name, value in model.module_.state_dict().items():
+        np.testing.assert_array_equal(
+            value.numpy(), fm_state[name].numpy(), err_msg=name
+        )
+    fm_phase, afm_phase = model.phases_
+    assert afm_phase["n_iter"] == 3
+    assert model.best_validation_score_ == fm_phase["best_validation_score"]
+    assert model.best_validation_score_ == max(model.validation_scores_)
 
 
 def test_init_frozen_fm_trains_the_attention_on_the_fms_tables(split, monkeypatch):
@@ -426,8 +435,10 @@ def test_verbose_names_the_two_phases_of_init_fm(split):
             X_train, y_train
         )
     lines = output.getvalue().splitlines()
-    assert lines[0] == "Pre-training a factorization machine (init='fm')"
-    assert lines[3] == "Training the attentional factorization machine from it"
+    assert lines[0] == "Phase 1 of 2: pre-training a factorization machine (init='fm')"
+    assert lines[3] == (
+        "Phase 2 of 2: training the attentional factorization machine from it"
+    )
     assert sum(line.startswith("Epoch") for line in lines) == 4
 
 

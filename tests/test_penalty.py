@@ -1,0 +1,113 @@
+"""The L2 penalty's scope: per feature (a fixed prior) or per sample."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from skafm import AFMClassifier, AFMRegressor
+from skafm._batching import pad_rows
+from skafm._training import OptimizationConfig, Trainer, TrainingData
+
+from .conftest import FAST
+from .test_network import make_module
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+def config(scope, alpha=0.3):
+    return OptimizationConfig(
+        loss="squared_error",
+        optimizer="adam",
+        learning_rate=0.01,
+        batch_size=32,
+        shuffle=False,
+        alpha=alpha,
+        attention_alpha=0.0,
+        penalty_scope=scope,
+    )
+
+
+def skewed_rows(rng, n_rows=200, n_features=30):
+    # feature frequencies from 1 to n_rows: a rare feature and common ones
+    X = sp.random(n_rows, n_features, density=0.15, random_state=rng, format="csr")
+    X.data[:] = rng.uniform(0.5, 2.0, size=X.nnz)
+    return X
+
+
+@pytest.mark.parametrize("scope", ["feature", "sample"])
+def test_the_penalty_over_all_rows_is_the_scope_formula(scope, training_ops, rng):
+    X = skewed_rows(rng)
+    weight = rng.uniform(0.2, 3.0, size=X.shape[0])
+    data = TrainingData.build(
+        X, rng.normal(size=X.shape[0]), weight, torch.device("cpu")
+    )
+    trainer = Trainer(make_module(n_features=X.shape[1]), config(scope))
+    trainer.set_feature_counts(data.feature_counts())
+    batch = pad_rows(X, np.arange(X.shape[0]))
+    module = trainer.module
+    with torch.no_grad():
+        _, squared = module.forward_with_penalty(
+            batch.index,
+            batch.value,
+            batch.mask,
+            penalty_weight=trainer._entry_penalty(batch),
+        )
+        got = float((data.weight * squared).mean())
+        norms = (
+            module.embedding.square().sum(1) + module.linear.square().sum(1)
+        ).numpy()
+    seen = np.diff(X.tocsc().indptr) > 0
+    if scope == "feature":
+        # alpha / n * sum_j |theta_j|^2 over the features seen, once each
+        want = norms[seen].sum() / X.shape[0]
+    else:
+        counts = data.feature_counts()
+        want = (counts * norms).sum() / X.shape[0]
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_feature_counts_are_weighted_like_the_samples(rng):
+    X = sp.csr_matrix(np.array([[1.0, 0, 2.0], [0, 1.0, 3.0], [0, 0, 1.0]]))
+    data = TrainingData.build(X, np.zeros(3), [1.0, 2.0, 3.0], torch.device("cpu"))
+    # weights are normalised to mean 1: 0.5, 1, 1.5
+    np.testing.assert_allclose(data.feature_counts(), [0.5, 1.0, 3.0])
+
+
+def test_partial_fit_counts_over_all_its_calls(planted_regression):
+    X, y, _ = planted_regression
+    model = AFMRegressor(**FAST)
+    model.partial_fit(X[:1000], y[:1000])
+    first = model._trainer.feature_counts.copy()
+    model.partial_fit(X[1000:2000], y[1000:2000])
+    np.testing.assert_allclose(
+        model._trainer.feature_counts, first + np.asarray(X[1000:2000].sum(0)).ravel()
+    )
+
+
+@pytest.mark.parametrize("Estimator", [AFMRegressor, AFMClassifier])
+def test_the_feature_scope_shrinks_a_rare_feature_and_spares_a_frequent_one(
+    Estimator, rng
+):
+    # the same effect of +1 on y through feature 0 (in 4 of 800 rows) and
+    # feature 2 (in half the rows): a prior per feature keeps the rare
+    # feature near 0 and leaves the frequent one to its data
+    n = 800
+    X = np.zeros((n, 4))
+    X[:, 1] = 1.0
+    X[:4, 0] = 1.0
+    X[:, 2] = rng.randint(0, 2, n)
+    X[:, 3] = 1.0 - X[:, 2]
+    y = X[:, 0] + X[:, 2] + rng.normal(0, 0.1, n)
+    if Estimator is AFMClassifier:
+        y = (y > 0.5).astype(int)
+    params = dict(FAST, max_iter=40, attention=False, early_stopping=False)
+    weights = {
+        alpha: Estimator(penalty_scope="feature", alpha=alpha, **params)
+        .fit(X, y)
+        .module_.linear.detach()[:, 0]
+        .abs()
+        for alpha in (0.0, 50.0)
+    }
+    kept = weights[50.0] / weights[0.0]
+    assert kept[0] < 0.5 * kept[2]
