@@ -54,6 +54,15 @@ def current_versions():
     }
 
 
+# What a model saved before a parameter was added behaves as.
+PARAMETERS_BEFORE_THEY_EXISTED = {"penalty_scope": "sample"}
+
+# batch_size="auto": this many samples per batch, fewer when a data set would
+# otherwise take under AUTO_MIN_STEPS optimizer steps per epoch
+AUTO_BATCH_SIZE = 256
+AUTO_MIN_STEPS = 10
+
+
 def average_decay(window, n_samples, batch_size):
     """Per-step decay of a weight average spanning ``window`` epochs (0: none).
 
@@ -74,14 +83,16 @@ def unchanged_on_failure(estimator):
     ``fit`` builds its fitted state step by step (``validate_data`` alone sets
     ``n_features_in_``); on any error the estimator is put back exactly as it
     was, so a bad call never damages a previously fitted model. Training
-    itself always works on a new or copied network (see ``Trainer.continued``).
+    itself always works on a new or copied network (see ``Trainer.continued``)
+    and a copy of the random state.
     """
     saved = dict(estimator.__dict__)
     try:
         yield
     except BaseException:
-        estimator.__dict__.clear()
-        estimator.__dict__.update(saved)
+        # one reference swap: a predict in another thread sees the old state
+        # or the new one, never an emptied estimator
+        estimator.__dict__ = saved
         raise
 
 
@@ -120,7 +131,10 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         ],
         "optimizer": [StrOptions({"adam", "adagrad"})],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [
+            Interval(Integral, 1, None, closed="left"),
+            StrOptions({"auto"}),
+        ],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "early_stopping": [StrOptions({"auto"}), "boolean"],
@@ -278,7 +292,8 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         )
         device = resolve_device(self.device)
         rng = (
-            self._rng
+            # a copy, so that a failed call leaves the random state as it was
+            copy.deepcopy(self._rng)
             if continuing and incremental
             else check_random_state(self.random_state)
         )
@@ -593,18 +608,25 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
             module.bias.copy_(torch.as_tensor(initial_bias, dtype=torch.float32))
         return module
 
+    def _batch_size(self, n_samples):
+        if self.batch_size != "auto":
+            return self.batch_size
+        # small data sets still get AUTO_MIN_STEPS steps per epoch
+        return max(1, min(AUTO_BATCH_SIZE, n_samples // AUTO_MIN_STEPS))
+
     def _optimization_config(self, loss, n_samples, early_stopping):
+        batch_size = self._batch_size(n_samples)
         return OptimizationConfig(
             loss=loss,
             optimizer=self.optimizer,
             learning_rate=self.learning_rate_init,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             shuffle=self.shuffle,
             alpha=self.alpha,
             attention_alpha=self.attention_alpha,
             penalty_scope=self.penalty_scope,
             average_decay=average_decay(
-                self._average_window(early_stopping), n_samples, self.batch_size
+                self._average_window(early_stopping), n_samples, batch_size
             ),
         )
 
@@ -654,6 +676,10 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
                 ),
                 stacklevel=2,
             )
+        # models pickled before a parameter existed were trained as its
+        # old behaviour, which is not always the new default
+        for name, value in PARAMETERS_BEFORE_THEY_EXISTED.items():
+            state.setdefault(name, value)
         super().__setstate__(state)
 
     def __sklearn_tags__(self):

@@ -6,6 +6,7 @@ validation score, for one, comes in as a plain callable.
 """
 
 import copy
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -130,6 +131,20 @@ class EpochHistory:
     # with score_to_beat: True when no epoch beat it (the caller keeps what
     # that score belongs to)
     start_kept: bool = False
+
+
+# A call whose best epoch still has a mean training loss this many times the
+# constant model's diverged: the target is standardised (regression) or
+# starts from the class priors (classification), so that loss is known.
+# Single epochs may go higher on unscaled features and still recover.
+DIVERGED_LOSS_FACTOR = 100.0
+
+
+def constant_model_loss(loss, n_outputs):
+    """An upper bound of the mean loss of the best constant prediction."""
+    if loss == "squared_error":
+        return 1.0  # the standardised target's variance
+    return math.log(max(n_outputs, 2))
 
 
 def per_sample_loss(loss, output, target):
@@ -439,11 +454,19 @@ def fit_epochs(
     if score_to_beat is not None and rule.early_stopping:
         best_score = score_to_beat
 
+    diverged_above = DIVERGED_LOSS_FACTOR * constant_model_loss(
+        trainer.config.loss, trainer.module.n_outputs
+    )
     for epoch in range(first_epoch, first_epoch + rule.max_iter):
         start = time.perf_counter()
         try:
             with progress_bar(data.n_samples, f"Epoch {epoch}", verbose >= 2) as bar:
                 epoch_sum = trainer.run_epoch(data, rng, generator, bar)
+            loss = trainer.mean_objective(epoch_sum, data.n_samples)
+            check_finite(loss, epoch)
+            # scored inside the guard: Ctrl-C during a slow scorer ends
+            # training as one during an epoch does (the epoch is not counted)
+            score = -loss if validation_score is None else validation_score()
         except KeyboardInterrupt:
             history.interrupted = True
             warnings.warn(
@@ -453,17 +476,13 @@ def fit_epochs(
                 stacklevel=warning_stacklevel,
             )
             break
-        loss = trainer.mean_objective(epoch_sum, data.n_samples)
-        if not np.isfinite(loss):
-            raise TrainingDivergedError(
-                f"The training loss became {loss} at epoch {epoch}: training "
-                "diverged. Lower learning_rate_init, raise alpha, or scale "
-                "features with large values (e.g. with MaxAbsScaler)."
+        if np.isnan(score):
+            raise ValueError(
+                f"The validation score is NaN at epoch {epoch}: early stopping "
+                "cannot compare epochs. Check the scoring function."
             )
         history.loss_curve.append(loss)
         history.samples_seen += data.n_samples
-
-        score = -loss if validation_score is None else validation_score()
         if validation_score is not None:
             history.validation_scores.append(score)
         if verbose:
@@ -495,12 +514,33 @@ def fit_epochs(
                 )
             break
 
+    if history.loss_curve and min(history.loss_curve) > diverged_above:
+        raise TrainingDivergedError(
+            f"The training loss stayed above {min(history.loss_curve):.4g}, "
+            f"over {DIVERGED_LOSS_FACTOR:g} times that of a constant prediction, "
+            f"for all {len(history.loss_curve)} epochs: training diverged. "
+            + DIVERGENCE_ADVICE
+        )
     if best_weights is not None:
         trainer.load_weights(best_weights)
     history.start_kept = (
         score_to_beat is not None and rule.early_stopping and (best_weights is None)
     )
     return history
+
+
+DIVERGENCE_ADVICE = (
+    "Lower learning_rate_init, raise alpha, or scale features with large "
+    "values (e.g. with MaxAbsScaler)."
+)
+
+
+def check_finite(loss, epoch):
+    if not np.isfinite(loss):
+        raise TrainingDivergedError(
+            f"The training loss became {loss} at epoch {epoch}: training "
+            "diverged. " + DIVERGENCE_ADVICE
+        )
 
 
 def pair_floats(widths, floats_per_pair):

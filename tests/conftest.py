@@ -10,6 +10,7 @@ FAST = dict(
     attention_size=8,
     max_iter=15,
     batch_size=64,
+    learning_rate_init=0.01,  # fast enough for a few epochs on small data
     random_state=0,
     init="random",  # one training phase; init="fm" has tests of its own
 )

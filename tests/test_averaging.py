@@ -143,7 +143,8 @@ def test_auto_window_averages_only_for_the_classifier_with_early_stopping(
     assert fixed_epochs._trainer.average is None
     stopped = AFMClassifier(early_stopping=True, validation_fraction=0.25, **params)
     stopped.fit(X, y)
-    # 300 training rows in batches of 256: 2 steps per epoch, 40 epochs
-    assert stopped._trainer.average.decay == pytest.approx(1 - 1 / 80)
+    # 300 training rows in batch_size="auto" batches of 30: 10 steps per
+    # epoch, 40 epochs
+    assert stopped._trainer.average.decay == pytest.approx(1 - 1 / 400)
     regressor = AFMRegressor(early_stopping=True, validation_fraction=0.25, **params)
     assert regressor.fit(X, y)._trainer.average is None

@@ -5,10 +5,13 @@ import pickle
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
+import skafm._training
 import skafm.io
 from skafm import AFMClassifier, AFMRegressor
+from skafm.exceptions import TrainingDivergedError
 
 from .conftest import FAST
 
@@ -68,3 +71,86 @@ def test_weights_that_are_all_zero_are_refused(planted_regression):
     with pytest.raises(ValueError, match="non-zero"):
         model.fit(X, y, sample_weight=np.zeros(len(y)))
     np.testing.assert_array_equal(model.predict(X[:5]), before)
+
+
+def test_a_failed_partial_fit_leaves_the_random_state_as_it_was(
+    planted_regression, monkeypatch
+):
+    X, y, _ = planted_regression
+    failing = AFMRegressor(**FAST).partial_fit(X[:100], y[:100])
+    twin = AFMRegressor(**FAST).partial_fit(X[:100], y[:100])
+    real_run_epoch = skafm._training.Trainer.run_epoch
+
+    def failing_run_epoch(trainer, data, rng, *args):
+        rng.randint(10)  # what shuffling does before a fault
+        raise RuntimeError("a fault during the epoch")
+
+    monkeypatch.setattr(skafm._training.Trainer, "run_epoch", failing_run_epoch)
+    with pytest.raises(RuntimeError, match="fault"):
+        failing.partial_fit(X[100:200], y[100:200])
+    monkeypatch.setattr(skafm._training.Trainer, "run_epoch", real_run_epoch)
+    failing.partial_fit(X[100:200], y[100:200])
+    twin.partial_fit(X[100:200], y[100:200])
+    np.testing.assert_array_equal(failing.predict(X[:50]), twin.predict(X[:50]))
+
+
+def test_a_failed_call_swaps_the_old_state_back_in_one_step(planted_regression):
+    # a predict in another thread must never see a half-restored estimator:
+    # the old attributes come back as one dict, not key by key
+    X, y, _ = planted_regression
+    model = AFMRegressor(**FAST).fit(X, y)
+    before = vars(model)
+    with pytest.raises(ValueError):
+        model.partial_fit(X[:10, :-1], y[:10])
+    restored = vars(model)
+    assert restored is not before
+    assert restored.keys() == before.keys()
+    assert model.predict(X[:5]).shape == (5,)
+
+
+def test_a_scorer_that_returns_nan_is_refused(planted_regression):
+    X, y, _ = planted_regression
+    model = AFMRegressor(
+        **FAST, early_stopping=True, scoring=lambda est, X, y: float("nan")
+    )
+    with pytest.raises(ValueError, match="validation score is NaN"):
+        model.fit(X, y)
+    assert not hasattr(model, "n_iter_")
+
+
+def test_a_run_that_only_grew_its_loss_raises():
+    rng = np.random.RandomState(0)
+    X = sp.random(3000, 50, density=0.1, format="csr", random_state=0)
+    y = X @ rng.normal(size=50)
+    model = AFMRegressor(learning_rate_init=10.0, max_iter=5, random_state=0)
+    with pytest.raises(TrainingDivergedError, match="constant prediction"):
+        model.fit(X, y)
+    assert not hasattr(model, "module_")
+
+
+def test_a_loss_that_recovers_from_unscaled_features_is_kept():
+    rng = np.random.RandomState(0)
+    X = rng.normal(loc=100, size=(100, 2))
+    model = AFMRegressor(random_state=0, max_iter=30).fit(X, rng.normal(size=100))
+    assert np.isfinite(model.predict(X)).all()
+
+
+def test_ctrl_c_in_the_validation_scorer_keeps_the_best_weights(planted_regression):
+    X, y, _ = planted_regression
+    calls = {"n": 0}
+
+    def scorer(estimator, X_val, y_val):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return -float(np.mean((estimator.predict(X_val) - y_val) ** 2))
+
+    model = AFMRegressor(
+        **{**FAST, "max_iter": 50}, early_stopping=True, scoring=scorer
+    )
+    with pytest.warns(UserWarning, match="interrupted by the user"):
+        model.fit(X, y)
+    # three scored epochs; the interrupted one is not counted
+    assert model.n_iter_ == len(model.validation_scores_) == 3
+    assert model.best_validation_score_ == max(model.validation_scores_)
+    assert np.isfinite(model.predict(X[:5])).all()

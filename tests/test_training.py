@@ -305,7 +305,7 @@ def test_diverging_learning_rate_is_a_clear_error_and_keeps_the_old_model(split)
     for parameter in model.module_.parameters():
         assert parameter.isfinite().all()
     with pytest.raises(ValueError, match="training diverged"):
-        AFMRegressor(**FAST, learning_rate_init=1e10).fit(X_train, y_train)
+        AFMRegressor(**{**FAST, "learning_rate_init": 1e10}).fit(X_train, y_train)
 
 
 def wide_rows(n_rows=60, n_features=400, seed=0):

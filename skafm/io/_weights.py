@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .._afm import AFMClassifier, AFMRegressor
-from .._base import current_versions
+from .._base import PARAMETERS_BEFORE_THEY_EXISTED, current_versions
 from .._network import AttentionalFactorizationMachine
 from .._training import OptimizationConfig, Trainer
 
@@ -78,6 +78,10 @@ def dump(estimator, file):
         "optimization": dataclasses.asdict(trainer.config),
         "optimizers": [optimizer.state_dict() for optimizer in trainer.optimizers],
         "average": None if trainer.average is None else trainer.average.state(),
+        # partial_fit goes on counting features for penalty_scope="feature"
+        "feature_counts": None
+        if trainer.feature_counts is None
+        else torch.from_numpy(trainer.feature_counts),
     }
     torch.save(state, _path_or_file(file))
 
@@ -115,7 +119,8 @@ def load(file):
     cls = ESTIMATORS.get(state["estimator"])
     if cls is None:
         raise ValueError(f"Unknown estimator {state['estimator']!r} in the file.")
-    estimator = cls(**{key: decode(value) for key, value in state["params"].items()})
+    params = {**PARAMETERS_BEFORE_THEY_EXISTED, **state["params"]}
+    estimator = cls(**{key: decode(value) for key, value in params.items()})
     for key, value in state["fitted"].items():
         setattr(estimator, key, decode(value))
     module = build_network(state["network"])
@@ -126,6 +131,9 @@ def load(file):
         optimizer.load_state_dict(optimizer_state)
     if trainer.average is not None:
         trainer.average.load_state(state["average"])
+    counts = state.get("feature_counts")
+    if counts is not None:
+        trainer.set_feature_counts(counts.numpy())
     estimator._trainer = trainer
     estimator.module_ = trainer.prediction_module
     return estimator
