@@ -304,9 +304,9 @@ def main(argv=None):
             seconds = time.perf_counter() - start
             metrics = evaluate(problem, model, problem.X_test, problem.y_test)
             metrics.pop("loss")
-            if hasattr(model, "n_iter_"):
+            if hasattr(model, "best_phase_"):  # a skafm model
                 details["epochs"] = model.n_iter_
-                details["best_phase"] = getattr(model, "best_phase_", None)
+                details["best_phase"] = model.best_phase_
             result = {
                 "dataset": name,
                 "task": problem.task,

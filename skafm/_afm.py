@@ -267,6 +267,11 @@ _DEFAULTS = dict(
 )
 
 
+# |y| above this overflows the standardisation's squares in float64 or the
+# float32 network's outputs once scaled back
+MAX_TARGET = 1e30
+
+
 _REGRESSOR_PARAMETERS_DOC = _parameters_doc(
     dropout=_DEFAULTS["dropout"],
     alpha=_DEFAULTS["alpha"],
@@ -446,6 +451,14 @@ class AFMRegressor(RegressorMixin, BaseAFM):
 
     def _init_target_encoding(self, y, sample_weight, classes=None):
         y = np.asarray(y, dtype=np.float64)
+        largest = np.abs(y).max(initial=0.0)
+        if largest > MAX_TARGET:
+            raise ValueError(
+                f"The target reaches {largest:.3g}, beyond the {MAX_TARGET:.0e} "
+                "that training in float32 can represent after standardising: "
+                "the target is out of range. Rescale it (e.g. divide it by a "
+                "constant or fit on its logarithm)."
+            )
         mean = np.average(y, weights=sample_weight)
         scale = np.sqrt(np.average((y - mean) ** 2, weights=sample_weight))
         if not np.isfinite(scale) or scale <= np.finfo(np.float32).tiny:

@@ -154,3 +154,27 @@ def test_ctrl_c_in_the_validation_scorer_keeps_the_best_weights(planted_regressi
     assert model.n_iter_ == len(model.validation_scores_) == 3
     assert model.best_validation_score_ == max(model.validation_scores_)
     assert np.isfinite(model.predict(X[:5])).all()
+
+
+def test_a_target_out_of_range_is_refused_and_keeps_the_model(planted_regression):
+    X, y, _ = planted_regression
+    model = AFMRegressor(**FAST).fit(X, y)
+    before = model.predict(X[:5])
+    with pytest.raises(ValueError, match="target is out of range"):
+        model.fit(X, y * 1e200)
+    np.testing.assert_array_equal(model.predict(X[:5]), before)
+    # large but representable targets train
+    assert np.isfinite(AFMRegressor(**FAST).fit(X, y * 1e20).predict(X[:5])).all()
+
+
+def test_explanations_refuse_rows_too_wide_as_predict_does(
+    planted_regression, monkeypatch
+):
+    from skafm.inspection import explain, interaction_importance
+
+    X, y, _ = planted_regression
+    model = AFMRegressor(**FAST).fit(X, y)
+    monkeypatch.setattr(skafm._training, "MAX_ROW_FLOATS", 8)
+    for call in (explain, interaction_importance):
+        with pytest.raises(ValueError, match="limit of"):
+            call(model, X[:5])
