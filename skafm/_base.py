@@ -473,7 +473,9 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         self.t_ = (self.t_ if continuing else 0) + sum(
             history.samples_seen for _, _, history in phases
         )
-        self.phases_ = (self.phases_ if continuing else []) + summaries
+        # models saved before phases_ existed continue with their new phases
+        earlier = getattr(self, "phases_", []) if continuing else []
+        self.phases_ = earlier + summaries
         self.best_phase_ = winner_name
         if early_stopping:
             self.validation_scores_ = previous_scores + scores
@@ -579,7 +581,8 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         module = self._trainer.module
         fitted = (module.n_factors, module.attention_size, module.attention)
         wanted = (self.n_factors, self.attention_size, self.attention)
-        if fitted[2] is False and self.attention and self.best_phase_ == "fm":
+        fm_won = getattr(self, "best_phase_", None) == "fm"
+        if fitted[2] is False and self.attention and fm_won:
             # the FM phase won: continuing trains the AFM from it
             fitted, wanted = fitted[:1], wanted[:1]
         elif fitted[2] is False:

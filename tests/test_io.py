@@ -103,5 +103,73 @@ def test_refusals(planted_regression):
     buffer = io.BytesIO()
     torch.save({"format": "something else"}, buffer)
     buffer.seek(0)
-    with pytest.raises(ValueError, match="Not a file written by skafm.io.dump"):
+    with pytest.raises(ValueError, match="not written by skafm.io.dump"):
         load(buffer)
+
+
+def saved_state(planted_regression):
+    X, y, _ = planted_regression
+    buffer = io.BytesIO()
+    dump(AFMRegressor(**FAST).fit(X, y), buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def reloaded(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return load(buffer)
+
+
+def test_every_malformed_file_is_one_clear_value_error(planted_regression, tmp_path):
+    raw = io.BytesIO()
+    dump(AFMRegressor(**FAST).fit(*planted_regression[:2]), raw)
+    data = raw.getvalue()
+    for content in (b"", data[: len(data) // 2], b"not a model at all"):
+        path = tmp_path / "broken.skafm"
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match="Not a valid skafm model file"):
+            load(path)
+
+    state = saved_state(planted_regression)
+    broken = []
+    missing = dict(state)
+    del missing["network"]
+    broken.append(missing)
+    broken.append(dict(state, network=dict(state["network"], n_factors="8")))
+    broken.append(dict(state, optimizers=[]))
+    for bad in broken:
+        with pytest.raises(ValueError, match="Not a valid skafm model file"):
+            reloaded(bad)
+
+
+def test_only_known_attribute_names_are_restored(planted_regression):
+    state = saved_state(planted_regression)
+    state["fitted"]["__dict__"] = {}
+    with pytest.raises(ValueError, match="unknown fitted attributes"):
+        reloaded(state)
+
+
+def test_declared_sizes_are_checked_before_allocating(planted_regression):
+    state = saved_state(planted_regression)
+    network = dict(state["network"], n_features=20_000_000)
+    with pytest.raises(ValueError, match="declared shape"):
+        reloaded(dict(state, network=network))
+    # an expanded view: a few bytes on disk that claim 2e9 elements
+    bomb = torch.zeros(1, dtype=torch.float64).expand(2_000_000_000)
+    fitted = dict(state["fitted"], loss_curve_={"__ndarray__": bomb})
+    with pytest.raises(ValueError, match="more than its stored data"):
+        reloaded(dict(state, fitted=fitted))
+
+
+def test_models_saved_before_the_penalty_scope_load_as_the_sample_scope(
+    planted_regression,
+):
+    state = saved_state(planted_regression)
+    del state["params"]["penalty_scope"]
+    del state["feature_counts"]
+    model = reloaded(state)
+    assert model.penalty_scope == "sample"
+    X, y, _ = planted_regression
+    model.partial_fit(X[:100], y[:100])

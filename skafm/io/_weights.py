@@ -104,21 +104,82 @@ def load(file):
     """
     try:
         state = torch.load(_path_or_file(file), weights_only=True)
-    except pickle.UnpicklingError as error:
+    except pickle.UnpicklingError:
         raise ValueError(
-            f"Not a file written by skafm.io.dump, or it holds objects other than "
-            f"tensors and plain values: {error}"
+            "Not a valid skafm model file: it holds objects other than tensors "
+            "and plain values (a pickle is read with pickle.load, from a "
+            "source you trust)."
+        ) from None
+    except (EOFError, RuntimeError, ValueError, OSError) as error:
+        if isinstance(error, FileNotFoundError | PermissionError):
+            raise
+        raise ValueError(
+            f"Not a valid skafm model file: it cannot be read ({error})."
         ) from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError("Not a file written by skafm.io.dump.")
-    if state["format_version"] > FORMAT_VERSION:
         raise ValueError(
-            f"This file has format version {state['format_version']}; this skafm "
+            "Not a valid skafm model file: it was not written by skafm.io.dump."
+        )
+    version = state.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise ValueError(
+            f"This file has format version {version}; this skafm "
             f"reads up to {FORMAT_VERSION}. Upgrade skafm."
         )
+    try:
+        return _estimator_from_state(state)
+    except InvalidModelFile as error:
+        raise ValueError(f"Not a valid skafm model file: {error}") from None
+    except (
+        KeyError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        RuntimeError,
+        ValueError,
+    ) as error:
+        raise ValueError(
+            f"Not a valid skafm model file: a record is missing or malformed "
+            f"({type(error).__name__}: {error})."
+        ) from error
+
+
+class InvalidModelFile(Exception):
+    """Why a file read by :func:`load` is not a model :func:`dump` wrote."""
+
+
+# The fitted attributes dump writes; load restores these names only.
+FITTED_ATTRIBUTES = frozenset(
+    {
+        "_loss",
+        "_rng",
+        "_target_mean",
+        "_target_scale",
+        "best_loss_",
+        "best_phase_",
+        "best_validation_score_",
+        "classes_",
+        "feature_names_in_",
+        "loss_curve_",
+        "n_features_in_",
+        "n_iter_",
+        "phases_",
+        "t_",
+        "validation_scores_",
+    }
+)
+
+
+def _estimator_from_state(state):
+    if not isinstance(state["format_version"], int):
+        raise InvalidModelFile("its format version is missing.")
     cls = ESTIMATORS.get(state["estimator"])
     if cls is None:
-        raise ValueError(f"Unknown estimator {state['estimator']!r} in the file.")
+        raise InvalidModelFile(f"unknown estimator {state['estimator']!r}.")
+    unknown = set(state["fitted"]) - FITTED_ATTRIBUTES
+    if unknown:
+        raise InvalidModelFile(f"unknown fitted attributes {sorted(unknown)}.")
+    check_network_sizes(state["network"])
     params = {**PARAMETERS_BEFORE_THEY_EXISTED, **state["params"]}
     estimator = cls(**{key: decode(value) for key, value in params.items()})
     for key, value in state["fitted"].items():
@@ -133,10 +194,50 @@ def load(file):
         trainer.average.load_state(state["average"])
     counts = state.get("feature_counts")
     if counts is not None:
+        check_dense(counts, "feature_counts")
+        if counts.shape != (state["network"]["n_features"],):
+            raise InvalidModelFile("the feature counts do not match n_features.")
         trainer.set_feature_counts(counts.numpy())
     estimator._trainer = trainer
     estimator.module_ = trainer.prediction_module
     return estimator
+
+
+def check_dense(tensor, name):
+    """Refuse a tensor that claims more elements than its storage holds.
+
+    A stored tensor can be an expanded view (stride 0) of a few bytes that
+    would take gigabytes once copied.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise InvalidModelFile(f"{name} is not a tensor.")
+    needed = tensor.numel() * tensor.element_size()
+    if needed > tensor.untyped_storage().nbytes():
+        raise InvalidModelFile(
+            f"{name} declares {tensor.numel()} elements, more than its stored data."
+        )
+
+
+def check_network_sizes(network):
+    """The declared sizes must be the stored tables' shapes, before allocating."""
+    sizes = {}
+    for name in ("n_features", "n_outputs", "n_factors", "attention_size"):
+        value = network[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidModelFile(f"{name} is {value!r}, not a positive integer.")
+        sizes[name] = value
+    weights = network["weights"]
+    for name, tensor in weights.items():
+        check_dense(tensor, f"weights[{name!r}]")
+    expected = {
+        "linear": (sizes["n_features"], sizes["n_outputs"]),
+        "embedding": (sizes["n_features"], sizes["n_factors"]),
+    }
+    for name, shape in expected.items():
+        if name not in weights or tuple(weights[name].shape) != shape:
+            raise InvalidModelFile(
+                f"weights[{name!r}] does not have the declared shape {shape}."
+            )
 
 
 def network_state(module):
@@ -217,6 +318,7 @@ def decode(value):
             )
             return rng
         if "__ndarray__" in value:
+            check_dense(value["__ndarray__"], "an array")
             return value["__ndarray__"].numpy().copy()
         if "__array__" in value:
             dtype = np.dtype(value["dtype"])
