@@ -460,8 +460,18 @@ class AFMRegressor(RegressorMixin, BaseAFM):
                 "constant or fit on its logarithm)."
             )
         mean = np.average(y, weights=sample_weight)
-        scale = np.sqrt(np.average((y - mean) ** 2, weights=sample_weight))
-        if not np.isfinite(scale) or scale <= np.finfo(np.float32).tiny:
+        deviations = y - mean
+        # the squares of deviations under 1e-154 underflow: scaled first
+        largest_deviation = np.abs(deviations).max(initial=0.0)
+        if largest_deviation > 0:
+            relative = deviations / largest_deviation
+            scale = largest_deviation * np.sqrt(
+                np.average(relative**2, weights=sample_weight)
+            )
+        else:
+            scale = 0.0
+        if not np.isfinite(scale) or scale <= 0:
+            # a constant target: nothing to standardise
             scale = 1.0
         self._target_mean, self._target_scale = float(mean), float(scale)
         return 1, "squared_error", [0.0]

@@ -14,13 +14,18 @@ PyTorch operations, which give the same results to within float rounding,
 dropout masks aside (the kernels draw them from a stream of their own).
 """
 
+import atexit
+import contextlib
 import functools
 import hashlib
 import os
 import platform
+import shutil
+import stat
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -39,6 +44,22 @@ class KernelBuildWarning(UserWarning):
 SOURCE = Path(__file__).with_name("_kernels.cpp")
 SWITCH = "SKAFM_NATIVE_KERNELS"
 CACHE_DIR = "SKAFM_CACHE_DIR"
+# the operations _kernels.cpp registers: a library without them is not this build
+REQUIRED_KERNELS = (
+    "pair_products",
+    "pool_forward",
+    "pool_backward",
+    "hidden_grad",
+    "scatter_pair_grads",
+    "lazy_adam",
+    "adam_dense",
+    "training_pair_groups",
+    "feature_lookup",
+    "feature_lookup_backward",
+    "relu_scores",
+    "dropout",
+    "pad_rows",
+)
 
 
 def enabled():
@@ -57,17 +78,33 @@ def kernels():
         return None
     try:
         library = built_library()
-        torch.ops.load_library(str(library))
+        try:
+            torch.ops.load_library(str(library))
+        except OSError:
+            # a complete build that does not load (a changed system library):
+            # built once more, and a second failure is final
+            torch.ops.load_library(str(rebuilt_library(library)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-        warnings.warn(
-            f"skafm could not build its CPU training kernels ({_first_line(error)}); "
-            "training uses PyTorch operations instead, which are slower. Set "
-            f"{SWITCH}=0 to skip the build.",
-            KernelBuildWarning,
-            stacklevel=2,
+        _warn_fallback(
+            f"could not build its CPU training kernels ({_first_line(error)})"
+        )
+        return None
+    missing = [name for name in REQUIRED_KERNELS if not hasattr(torch.ops.skafm, name)]
+    if missing:
+        _warn_fallback(
+            f"loaded a kernel library {library} without {', '.join(missing)}"
         )
         return None
     return torch.ops.skafm
+
+
+def _warn_fallback(reason):
+    warnings.warn(
+        f"skafm {reason}; training uses PyTorch operations instead, which are "
+        f"slower. Set {SWITCH}=0 to skip the build.",
+        KernelBuildWarning,
+        stacklevel=3,
+    )
 
 
 def for_tensor(tensor):
@@ -83,20 +120,49 @@ def for_device(device):
 
 
 def built_library():
-    """Path of the compiled kernels, compiling them if no cached build matches."""
+    """Path of the compiled kernels, compiling them if no verified build matches.
+
+    A build is trusted only in a directory owned by the current user and
+    closed to everyone else, as a file that user owns and only that user
+    can write, whose size and SHA-256 match the record written beside it
+    once the build was complete. Anything else (a truncated library after a
+    crash, another user's file) is rebuilt. Processes that need the same
+    build wait on a lock file for the one that compiles it.
+    """
     torch_dir = Path(torch.__file__).parent
     key = hashlib.sha256()
     command = compile_command(torch_dir, "OUTPUT")
     for part in (SOURCE.read_bytes(), torch.__version__, " ".join(command), _cpu()):
         key.update(part if isinstance(part, bytes) else part.encode())
-    directory = cache_directory()
-    target = directory / f"skafm_kernels_{key.hexdigest()[:20]}.so"
-    if target.exists():
+    name = f"skafm_kernels_{key.hexdigest()[:20]}"
+    directory = build_directory()
+    target = directory / f"{name}.so"
+    if verified(target):
         return target
-    directory.mkdir(parents=True, exist_ok=True)
-    # compiled under a temporary name and renamed: processes that build at
-    # the same time (joblib workers) never load a half-written library
-    handle, partial = tempfile.mkstemp(suffix=".so", dir=directory)
+    with build_lock(directory / f"{name}.lock"):
+        # another process may have finished the build while this one waited
+        if verified(target):
+            return target
+        _remove_leftovers(directory, name)
+        _compile(torch_dir, directory, name, target)
+    return target
+
+
+def rebuilt_library(library):
+    """Build again a library that was verified but failed to load."""
+    for path in (library, _record_of(library)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return built_library()
+
+
+def _compile(torch_dir, directory, name, target):
+    # compiled under a temporary name, synced to disk, then renamed, and the
+    # record written last: a crash at any point leaves no library that
+    # verifies, only one that is rebuilt
+    handle, partial = tempfile.mkstemp(
+        prefix=f"{name}.", suffix=".partial", dir=directory
+    )
     os.close(handle)
     try:
         result = subprocess.run(
@@ -107,11 +173,157 @@ def built_library():
         )
         if result.returncode != 0:
             raise RuntimeError(f"compiler failed: {result.stderr.strip()}")
+        os.chmod(partial, 0o700)
+        record = _record(partial, sync=True)
         os.replace(partial, target)
+        _write_atomically(_record_of(target), record)
+        _sync_directory(directory)
     finally:
-        if os.path.exists(partial):
+        with contextlib.suppress(FileNotFoundError):
             os.remove(partial)
-    return target
+
+
+def verified(library):
+    """Whether ``library`` is a complete build that only this user could write."""
+    record = _record_of(library)
+    if not (_private_file(library) and _private_file(record)):
+        return False
+    try:
+        return record.read_text() == _record(library)
+    except OSError:
+        return False
+
+
+def _record(path, sync=False):
+    digest = hashlib.sha256()
+    with open(path, "rb") as library:
+        if sync:
+            os.fsync(library.fileno())
+        for block in iter(lambda: library.read(1 << 20), b""):
+            digest.update(block)
+    return f"{os.path.getsize(path)} {digest.hexdigest()}\n"
+
+
+def _record_of(library):
+    return library.with_suffix(".sha256")
+
+
+def _write_atomically(path, text):
+    handle, partial = tempfile.mkstemp(
+        prefix=f"{path.stem}.", suffix=".partial", dir=path.parent
+    )
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+
+
+def _sync_directory(directory):
+    # the renames are durable only once the directory itself is synced
+    with contextlib.suppress(OSError, AttributeError):
+        handle = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+
+
+def _remove_leftovers(directory, name):
+    """Delete what killed builds left: this build's partial files, and the
+    ``tmp*.so`` files of earlier skafm versions once they are an hour old."""
+    leftovers = [*directory.glob(f"{name}.*.partial"), directory / f"{name}.so"]
+    stale_before = time.time() - 3600
+    for path in directory.glob("tmp*.so"):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < stale_before:
+                leftovers.append(path)
+    for path in leftovers:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def build_lock(path):
+    """Hold an exclusive lock on ``path`` (where the platform has ``flock``)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
+class UnsafeCacheError(OSError):
+    """The build cache could be written by someone other than the current user."""
+
+
+def build_directory():
+    """The cache directory if it is private, else a private temporary one.
+
+    A library in a directory that others can write could be replaced by
+    theirs and would then run as the current user: such a cache is not used.
+    """
+    directory = cache_directory()
+    try:
+        return private_directory(directory)
+    except UnsafeCacheError as error:
+        warnings.warn(
+            f"skafm does not use the kernel cache {directory}: {error}. The "
+            "kernels are built in a private temporary directory instead, for "
+            f"this process only; point {CACHE_DIR} at a directory of your own "
+            "to keep them.",
+            KernelBuildWarning,
+            stacklevel=4,
+        )
+        return _temporary_directory()
+
+
+def private_directory(directory):
+    """Create ``directory`` (mode 0700) if needed and check that it is private."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # mode 0700 whatever the umask: mkdir only ever narrows the mode it is given
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=0o700)
+    if not _private(directory.stat()):
+        raise UnsafeCacheError(
+            "it is not a directory owned by this user and closed to group and others"
+        )
+    return directory
+
+
+@functools.cache
+def _temporary_directory():
+    directory = Path(tempfile.mkdtemp(prefix="skafm-kernels-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
+
+
+def _private_file(path):
+    try:
+        status = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(status.st_mode) and _private(status)
+
+
+def _private(status):
+    owner = getattr(os, "geteuid", None)
+    if owner is None:
+        # no POSIX owners or modes to check (Windows)
+        return True
+    if stat.S_ISLNK(status.st_mode):
+        return False
+    return status.st_uid == owner() and not status.st_mode & 0o022
 
 
 def compile_command(torch_dir, output):
@@ -142,12 +354,17 @@ def compile_command(torch_dir, output):
 
 
 def cache_directory():
-    """Where builds are kept: ``SKAFM_CACHE_DIR``, else the user's cache folder."""
+    """Where builds are kept: ``SKAFM_CACHE_DIR``, else the user's cache folder.
+
+    A relative ``XDG_CACHE_HOME`` is ignored, as the XDG specification says.
+    """
     configured = os.environ.get(CACHE_DIR)
     if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "skafm"
+        return Path(configured).absolute()
+    base = Path(os.environ.get("XDG_CACHE_HOME", ""))
+    if not base.is_absolute():
+        base = Path.home() / ".cache"
+    return base / "skafm"
 
 
 def _cpu():

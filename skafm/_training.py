@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from . import _native
 from ._averaging import WeightAverage
 from ._batching import iter_row_batches, pad_rows, row_widths
+from ._imports import import_lazy_modules
 from ._network import PairWorkspace
 from ._optim import LazyAdam
 from ._progress import progress_bar
@@ -159,6 +160,8 @@ def per_sample_loss(loss, output, target):
 
 def make_optimizers(module, name, learning_rate):
     """Optimizers that update only the rows of the feature tables a batch touches."""
+    # torch.optim imports torch._dynamo on first use: done whole, beforehand
+    import_lazy_modules()
     sparse, dense = module.sparse_parameters(), module.dense_parameters()
     if name == "adagrad":
         return [torch.optim.Adagrad(sparse + dense, lr=learning_rate)]

@@ -2,6 +2,8 @@
 
 import copy
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -178,3 +180,53 @@ def test_explanations_refuse_rows_too_wide_as_predict_does(
     for call in (explain, interaction_importance):
         with pytest.raises(ValueError, match="limit of"):
             call(model, X[:5])
+
+
+CTRL_C_DURING_TORCH_IMPORTS = """
+import importlib.abc
+import os
+import signal
+import sys
+import warnings
+
+import numpy as np
+
+from skafm import AFMRegressor
+
+warnings.simplefilter("ignore")
+
+
+class CtrlC(importlib.abc.MetaPathFinder):
+    # Ctrl-C arrives while torch imports sympy lazily for its optimizers
+    fired = False
+
+    def find_spec(self, name, path, target=None):
+        if name == "sympy.polys" and not CtrlC.fired:
+            CtrlC.fired = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+sys.meta_path.insert(0, CtrlC())
+X = np.random.default_rng(0).random((100, 4))
+try:
+    AFMRegressor(max_iter=1).fit(X, X.sum(1))
+except KeyboardInterrupt:
+    print("interrupted")
+sys.meta_path.pop(0)
+print("sympy imported:", CtrlC.fired)
+AFMRegressor(max_iter=1).fit(X, X.sum(1))
+print("fitted again")
+"""
+
+
+def test_ctrl_c_during_torchs_lazy_imports_breaks_no_later_fit():
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_DURING_TORCH_IMPORTS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    if "sympy imported: False" in result.stdout:
+        pytest.skip("this torch imports no sympy while it builds an optimizer")
+    assert "interrupted" in result.stdout and "fitted again" in result.stdout

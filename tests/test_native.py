@@ -3,6 +3,10 @@
 import os
 import shutil
 import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -320,22 +324,190 @@ def test_the_environment_switches_the_kernels_off(fresh_build_state, monkeypatch
     assert native.for_tensor(torch.zeros(3)) is None
 
 
-def test_a_build_is_compiled_once_and_then_reused(fresh_build_state, monkeypatch):
+@pytest.fixture
+def fake_compiler(monkeypatch):
+    """A compiler that writes ``built`` as the library; its calls are counted."""
     calls = []
 
-    def fake_compiler(command, **kwargs):
+    def compile(command, **kwargs):
         calls.append(command)
         output = command[command.index("-o") + 1]
         with open(output, "w") as library:
             library.write("built")
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(subprocess, "run", fake_compiler)
+    monkeypatch.setattr(subprocess, "run", compile)
+    return calls
+
+
+def test_a_build_is_compiled_once_and_then_reused(fresh_build_state, fake_compiler):
     first = native.built_library()
     second = native.built_library()
     assert first == second and first.read_text() == "built"
-    assert len(calls) == 1
-    assert [p.name for p in fresh_build_state.iterdir()] == [first.name]
+    assert len(fake_compiler) == 1
+    names = sorted(p.suffix for p in fresh_build_state.iterdir())
+    assert names == [".lock", ".sha256", ".so"]
+
+
+def test_a_truncated_or_altered_build_is_rebuilt(fresh_build_state, fake_compiler):
+    library = native.built_library()
+    library.write_text("bui")
+    assert native.built_library() == library and library.read_text() == "built"
+    library.write_text("other")
+    native.built_library()
+    assert len(fake_compiler) == 3 and library.read_text() == "built"
+
+
+def test_a_build_without_its_record_is_rebuilt(fresh_build_state, fake_compiler):
+    # as after a crash between the library's rename and its record's
+    library = native.built_library()
+    library.with_suffix(".sha256").unlink()
+    native.built_library()
+    assert len(fake_compiler) == 2
+
+
+def test_a_build_others_can_write_is_rebuilt(fresh_build_state, fake_compiler):
+    library = native.built_library()
+    library.chmod(0o777)
+    native.built_library()
+    assert len(fake_compiler) == 2
+    assert not library.stat().st_mode & 0o077
+
+
+def test_the_cache_directory_is_private_whatever_the_umask(
+    fresh_build_state, fake_compiler, monkeypatch
+):
+    cache = fresh_build_state / "cache"
+    monkeypatch.setenv(native.CACHE_DIR, str(cache))
+    previous = os.umask(0)
+    try:
+        native.built_library()
+    finally:
+        os.umask(previous)
+    assert cache.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX owners and modes")
+@pytest.mark.parametrize("problem", ["open to others", "another owner"])
+def test_a_cache_others_could_write_is_not_used(
+    fresh_build_state, fake_compiler, monkeypatch, problem
+):
+    cache = fresh_build_state / "shared"
+    cache.mkdir()
+    if problem == "open to others":
+        cache.chmod(0o777)
+    else:
+        uid = os.geteuid()
+        monkeypatch.setattr(os, "geteuid", lambda: uid + 1)
+    monkeypatch.setenv(native.CACHE_DIR, str(cache))
+    with pytest.warns(KernelBuildWarning, match="does not use the kernel cache"):
+        library = native.built_library()
+    assert cache not in library.parents and list(cache.iterdir()) == []
+    assert library.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_relative_xdg_cache_home_is_ignored(monkeypatch):
+    monkeypatch.delenv(native.CACHE_DIR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert native.cache_directory() == Path.home() / ".cache" / "skafm"
+    monkeypatch.setenv("XDG_CACHE_HOME", "/absolute/cache")
+    assert native.cache_directory() == Path("/absolute/cache/skafm")
+
+
+def test_leftovers_of_killed_builds_are_removed(fresh_build_state, fake_compiler):
+    name = native.built_library().stem
+    for path in native.cache_directory().glob(f"{name}.*"):
+        path.unlink()
+    partial = fresh_build_state / f"{name}.abc123.partial"
+    legacy, recent = fresh_build_state / "tmpold.so", fresh_build_state / "tmpnew.so"
+    for path in (partial, legacy, recent):
+        path.write_text("half")
+    os.utime(legacy, (0, 0))
+    native.built_library()
+    assert not partial.exists() and not legacy.exists()
+    # a recent one may be an earlier version's build in progress
+    assert recent.exists()
+
+
+def test_processes_that_need_the_same_build_compile_it_once(
+    fresh_build_state, monkeypatch
+):
+    calls = []
+
+    def slow_compiler(command, **kwargs):
+        calls.append(command)
+        time.sleep(0.3)
+        with open(command[command.index("-o") + 1], "w") as library:
+            library.write("built")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", slow_compiler)
+    # flock locks open files, so threads with their own opens stand in for
+    # processes
+    with ThreadPoolExecutor(3) as pool:
+        paths = set(pool.map(lambda _: native.built_library(), range(3)))
+    assert len(paths) == 1 and len(calls) == 1
+
+
+def run_with_cache(cache, code):
+    environment = {**os.environ, native.CACHE_DIR: str(cache)}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+FALLBACK_CHECK = """
+import subprocess
+import warnings
+
+
+def no_compiler(*args, **kwargs):
+    # a build that fails verification cannot be redone here
+    raise subprocess.SubprocessError("no compiler in this test")
+
+
+subprocess.run = no_compiler
+import numpy as np
+import skafm._native as native
+from skafm import AFMRegressor
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    assert native.kernels() is None
+print([str(w.message) for w in caught if w.category is native.KernelBuildWarning])
+X = np.random.default_rng(0).random((50, 4))
+AFMRegressor(max_iter=1).fit(X, X.sum(1))
+print("fitted")
+"""
+
+
+def test_a_truncated_library_never_crashes_python(kernels, tmp_path):
+    built = native.built_library()
+    shutil.copy(built, tmp_path / built.name)
+    shutil.copy(built.with_suffix(".sha256"), tmp_path)
+    with open(tmp_path / built.name, "r+b") as library:
+        library.truncate(built.stat().st_size // 3)
+    result = run_with_cache(tmp_path, FALLBACK_CHECK)
+    assert result.returncode == 0, result.stderr
+    assert "could not build" in result.stdout and "fitted" in result.stdout
+
+
+def test_a_foreign_library_is_not_used(kernels, tmp_path):
+    built = native.built_library()
+    foreign = tmp_path / built.name
+    compiler = subprocess.run(
+        [os.environ.get("CXX", "c++"), "-shared", "-fPIC", "-x", "c++", os.devnull]
+        + ["-o", str(foreign)],
+        capture_output=True,
+    )
+    assert compiler.returncode == 0, compiler.stderr
+    foreign.with_suffix(".sha256").write_text(native._record(foreign))
+    result = run_with_cache(tmp_path, FALLBACK_CHECK)
+    assert result.returncode == 0, result.stderr
+    assert "without pair_products" in result.stdout and "fitted" in result.stdout
 
 
 def test_kernels_serve_cpu_float_tensors_only(kernels):

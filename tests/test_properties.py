@@ -184,3 +184,62 @@ def test_predict_on_messy_input_of_a_fitted_model(train, test):
         except ValueError:
             return
     ends_finite_or_value_error(lambda: [model.predict(test)])
+
+
+PLANTED_X = np.random.RandomState(0).rand(40, 6)
+PLANTED_Y = PLANTED_X @ np.arange(6) + PLANTED_X[:, 0] * PLANTED_X[:, 1]
+
+
+@SETTINGS
+@hypothesis.given(
+    exponent=st.integers(-300, 300),
+    uniform=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_sample_weights_of_any_scale_train_as_the_same_weights_scaled_to_one(
+    exponent, uniform, seed
+):
+    rng = np.random.RandomState(seed)
+    weights = np.ones(len(PLANTED_Y)) if uniform else rng.uniform(0.5, 2.0, 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = AFMRegressor(**TINY).fit(PLANTED_X, PLANTED_Y, weights)
+        scaled = AFMRegressor(**TINY).fit(
+            PLANTED_X, PLANTED_Y, weights * 10.0**exponent
+        )
+    np.testing.assert_allclose(
+        scaled.predict(PLANTED_X), reference.predict(PLANTED_X), rtol=1e-5, atol=1e-6
+    )
+    if uniform:
+        unweighted = AFMRegressor(**TINY).fit(PLANTED_X, PLANTED_Y)
+        np.testing.assert_allclose(
+            scaled.predict(PLANTED_X), unweighted.predict(PLANTED_X), rtol=1e-5
+        )
+
+
+@SETTINGS
+@hypothesis.given(
+    exponent=st.integers(-300, 300),
+    offset=st.sampled_from([0.0, 1.0, -1e6]),
+    seed=st.integers(0, 1000),
+)
+def test_targets_of_any_magnitude_train_or_are_refused_as_out_of_range(
+    exponent, offset, seed
+):
+    rng = np.random.RandomState(seed)
+    y = offset + 10.0**exponent * rng.normal(size=len(PLANTED_Y))
+    model = AFMRegressor(**TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if np.abs(y).max() > 1e30:
+            with pytest.raises(ValueError, match="out of range"):
+                model.fit(PLANTED_X, y)
+            return
+        predicted = model.fit(PLANTED_X, y).predict(PLANTED_X)
+    assert np.isfinite(predicted).all()
+    # predictions stay on the target's scale: within its range, give or take
+    # its spread (a model trained two epochs may still be far from the fit)
+    # (for a constant target, given or take 1)
+    spread = np.ptp(y) or 1.0
+    assert (predicted >= y.min() - 10 * spread).all()
+    assert (predicted <= y.max() + 10 * spread).all()
