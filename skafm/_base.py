@@ -25,7 +25,8 @@ from sklearn.utils.validation import (
 
 from ._batching import as_active_features, mean_pair_count
 from ._device import resolve_device
-from ._network import AttentionalFactorizationMachine
+from ._nn import AttentionalFactorizationMachine
+from ._nn.inference import predict_raw
 from ._threads import thread_limit
 from ._training import (
     OptimizationConfig,
@@ -33,7 +34,6 @@ from ._training import (
     Trainer,
     TrainingData,
     fit_epochs,
-    predict_raw,
 )
 from .exceptions import InconsistentVersionWarning
 

@@ -189,3 +189,32 @@ def iter_row_batches(n_rows, batch_size, rng=None, widths=None):
         batches += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     for position in rng.permutation(len(batches)):
         yield batches[position]
+
+
+# Floats in one per-pair intermediate of a single row: beyond this (256 MB, a
+# dozen such tensors live in a backward pass) a row is refused with an error.
+MAX_ROW_FLOATS = 1 << 26
+
+
+def pair_floats(widths, floats_per_pair):
+    """Floats in a per-pair tensor of one row of each width."""
+    widths = np.asarray(widths, dtype=np.int64)
+    return widths * (widths - 1) // 2 * floats_per_pair
+
+
+def check_row_widths(widths, floats_per_pair):
+    """Refuse rows whose pair tensors alone would exhaust memory."""
+    if floats_per_pair == 0 or len(widths) == 0:
+        return
+    row = int(np.argmax(widths))
+    needed = int(pair_floats(widths[row], floats_per_pair))
+    if needed > MAX_ROW_FLOATS:
+        width = int(widths[row])
+        raise ValueError(
+            f"Row {row} has {width} active features, i.e. {width * (width - 1) // 2} "
+            f"feature pairs; attention over them needs {4 * needed / 2**30:.1f} GiB "
+            f"per intermediate tensor, above skafm's limit of "
+            f"{4 * MAX_ROW_FLOATS / 2**30:.2f} GiB per row. Use fewer active features "
+            "per row, smaller n_factors and attention_size, or attention=False (a "
+            "factorization machine, whose cost grows linearly with the row's width)."
+        )

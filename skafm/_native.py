@@ -7,8 +7,9 @@ feature lookup, the grouping of identical pairs, the attention pooling
 around the attention network's matrix products, dropout and the
 optimizer's row updates, each in one or two passes. skafm ships them as source:
 they are compiled with the system's C++ compiler against the installed
-torch the first time a model trains on the CPU (about 7 s on two cores),
-cached on disk, and loaded as ``torch.ops.skafm``. Without a compiler, or
+torch the first time a model trains on the CPU, cached on disk, and loaded
+as ``torch.ops.skafm``; :mod:`skafm._nn.ops` decides which operations use
+them. Without a compiler, or
 with ``SKAFM_NATIVE_KERNELS=0``, training runs the same computation in
 PyTorch operations, which give the same results to within float rounding,
 dropout masks aside (the kernels draw them from a stream of their own).
@@ -31,15 +32,7 @@ from pathlib import Path
 
 import torch
 
-
-class KernelBuildWarning(UserWarning):
-    """skafm's CPU training kernels could not be compiled.
-
-    Training then runs the same computation in PyTorch operations: the same
-    results to within float rounding, more slowly. Set the environment
-    variable ``SKAFM_NATIVE_KERNELS=0`` to skip the build (and the warning).
-    """
-
+from .exceptions import KernelBuildWarning
 
 SOURCE = Path(__file__).with_name("_kernels.cpp")
 SWITCH = "SKAFM_NATIVE_KERNELS"
@@ -105,18 +98,6 @@ def _warn_fallback(reason):
         KernelBuildWarning,
         stacklevel=3,
     )
-
-
-def for_tensor(tensor):
-    """The kernels if they serve ``tensor`` (a CPU float tensor), else None."""
-    if tensor.dtype not in (torch.float32, torch.float64):
-        return None
-    return for_device(tensor.device)
-
-
-def for_device(device):
-    """The kernels if they serve tensors on ``device`` (the CPU), else None."""
-    return kernels() if torch.device(device).type == "cpu" else None
 
 
 def built_library():

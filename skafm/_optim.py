@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from . import _native
+from ._nn import ops
 from ._sorting import sorted_groups
 
 
@@ -95,7 +95,7 @@ class LazyAdam(torch.optim.Optimizer):
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
-                kernels = _native.for_tensor(param)
+                kernels = ops.adam_kernels(param)
                 if not param.grad.is_sparse:
                     _dense_step(kernels, param, state, group)
                     continue

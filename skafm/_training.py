@@ -9,40 +9,31 @@ import copy
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import _native
 from ._averaging import WeightAverage
-from ._batching import iter_row_batches, pad_rows, row_widths
+from ._batching import (
+    check_row_widths,
+    iter_row_batches,
+    pad_rows,
+    pair_floats,
+    row_widths,
+)
 from ._imports import import_lazy_modules
-from ._network import PairWorkspace
+from ._nn import ops
+from ._nn.inference import predicted_chunks
+from ._nn.workspace import PairWorkspace
 from ._optim import LazyAdam
 from ._progress import progress_bar
 from ._sorting import distinct_values
+from .exceptions import TrainingDivergedError
 
-# Floats in one per-pair intermediate of a prediction chunk: 16 MB. Attention
-# models keep a score and a term per pair (see
-# AttentionalFactorizationMachine.floats_per_pair_at_inference); larger chunks
-# hold more repeated pairs, which the attention network scores once, and
-# count more of them instead of sorting: on Frappe's 28,860-row test file,
-# medians of 15, 46 ms with chunks of 8192 rows, 41 ms with 16384, 36 ms
-# with 32768 (on its 57,722-row training file 87, 71 and, at 46,603 rows,
-# the budget's limit, 75 ms).
-PREDICT_FLOAT_BUDGET = 1 << 22
-PREDICT_MAX_ROWS = 1 << 15
 # Floats in one per-pair intermediate of a training (sub-)batch: 64 MB.
 TRAIN_FLOAT_BUDGET = 1 << 24
-# Floats in one per-pair intermediate of a single row: beyond this (256 MB, a
-# dozen such tensors live in a backward pass) a row is refused with an error.
-MAX_ROW_FLOATS = 1 << 26
-
-
-class TrainingDivergedError(ValueError):
-    """The training objective became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -158,15 +149,14 @@ def per_sample_loss(loss, output, target):
     return F.cross_entropy(output, target.long(), reduction="none")
 
 
-def make_optimizers(module, name, learning_rate):
-    """Optimizers that update only the rows of the feature tables a batch touches."""
+def make_optimizer(module, name, learning_rate):
+    """One optimizer for the network; it updates only the table rows a batch touches."""
     # torch.optim imports torch._dynamo on first use: done whole, beforehand
     import_lazy_modules()
-    sparse, dense = module.sparse_parameters(), module.dense_parameters()
+    parameters = module.optimized_parameters()
     if name == "adagrad":
-        return [torch.optim.Adagrad(sparse + dense, lr=learning_rate)]
-    # one optimizer for all: its per-step overhead is paid once
-    return [LazyAdam(sparse + dense, lr=learning_rate)]
+        return torch.optim.Adagrad(parameters, lr=learning_rate)
+    return LazyAdam(parameters, lr=learning_rate)
 
 
 class Trainer:
@@ -180,9 +170,7 @@ class Trainer:
     def __init__(self, module, config):
         self.module = module
         self.config = config
-        self.optimizers = make_optimizers(
-            module, config.optimizer, config.learning_rate
-        )
+        self.optimizer = make_optimizer(module, config.optimizer, config.learning_rate)
         self.average = self._new_average(config)
         # weighted occurrences of each feature in the data trained on, for
         # the "feature" penalty scope (see set_feature_counts)
@@ -210,6 +198,10 @@ class Trainer:
     def __setstate__(self, state):
         # trainers pickled before the penalty scope existed have no counts
         self.__dict__.update({"feature_counts": None, "_penalty_table": None})
+        # and those pickled before skafm._nn kept a list of one optimizer
+        if "optimizers" in state:
+            state = dict(state)
+            (state["optimizer"],) = state.pop("optimizers")
         self.__dict__.update(state)
 
     def _entry_penalty(self, batch):
@@ -250,12 +242,11 @@ class Trainer:
         clone.move_to(device)
         clone._penalty_table = None
         if config.optimizer != clone.config.optimizer:
-            clone.optimizers = make_optimizers(
+            clone.optimizer = make_optimizer(
                 clone.module, config.optimizer, config.learning_rate
             )
-        for optimizer in clone.optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = config.learning_rate
+        for group in clone.optimizer.param_groups:
+            group["lr"] = config.learning_rate
         if clone.average is None or config.average_decay == 0.0:
             # a new average starts from the weights trained so far
             clone.average = clone._new_average(config)
@@ -282,11 +273,10 @@ class Trainer:
         self.module.to(device)
         if self.average is not None:
             self.average.to(device)
-        for optimizer in self.optimizers:
-            for state in optimizer.state.values():
-                for key, value in state.items():
-                    if torch.is_tensor(value) and value.dim() > 0:
-                        state[key] = value.to(device)
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.dim() > 0:
+                    state[key] = value.to(device)
 
     def run_epoch(self, data, rng, generator, progress=None):
         """One pass over ``data``; returns the objective summed over samples."""
@@ -299,13 +289,11 @@ class Trainer:
         )
         widths = data.widths
         workspace = PairWorkspace()
-        # the batches are gathered on the CPU, whatever the device
-        kernels = _native.kernels()
+        kernels = ops.batch_gathering_kernels()
         touched = []
         try:
             for rows in batches:
-                for optimizer in self.optimizers:
-                    optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad(set_to_none=True)
                 # a batch too big for memory is run in parts whose gradients
                 # add up to the whole batch's: the same step, bounded memory
                 parts = bounded_parts(rows, widths, self._floats_per_pair())
@@ -356,8 +344,7 @@ class Trainer:
         # opting out of checks explicitly also stops torch from warning that
         # they are implicitly off
         with torch.sparse.check_sparse_tensor_invariants(enable=False):
-            for optimizer in self.optimizers:
-                optimizer.step()
+            self.optimizer.step()
         if self.average is not None:
             self.average.after_step(rows)
 
@@ -372,21 +359,37 @@ class Trainer:
     def mean_loss(self, data):
         """Weighted mean loss of the predicting network on ``data``, no penalties."""
         total = 0.0
-        module = self.prediction_module
-        module.eval()
         with torch.inference_mode():
-            widths = row_widths(data.X_csr)
-            check_row_widths(widths, self._floats_per_pair())
-            workspace = PairWorkspace()
-            for rows in predict_batches(widths, module.floats_per_pair_at_inference):
-                batch = pad_rows(data.X_csr, rows).to(self.device)
+            for rows, output in predicted_chunks(self.prediction_module, data.X_csr):
                 rows_t = torch.from_numpy(rows).to(self.device)
-                output = module(
-                    batch.index, batch.value, batch.mask, workspace=workspace
-                )
                 losses = per_sample_loss(self.config.loss, output, data.target[rows_t])
                 total += (data.weight[rows_t] * losses).sum().item()
         return total / data.n_samples
+
+    def state(self):
+        """All but the network, as tensors and plain values (for ``skafm.io``)."""
+        trainer = self.to_cpu()
+        return {
+            "optimization": asdict(trainer.config),
+            # a list, as in files written when there were two optimizers
+            "optimizers": [trainer.optimizer.state_dict()],
+            "average": None if trainer.average is None else trainer.average.state(),
+            "feature_counts": None
+            if trainer.feature_counts is None
+            else torch.from_numpy(trainer.feature_counts),
+        }
+
+    @classmethod
+    def from_state(cls, module, state):
+        """A trainer of ``module`` with the rest of :meth:`state`'s output."""
+        trainer = cls(module, OptimizationConfig(**state["optimization"]))
+        (optimizer_state,) = state["optimizers"]
+        trainer.optimizer.load_state_dict(optimizer_state)
+        if trainer.average is not None:
+            trainer.average.load_state(state["average"])
+        if state["feature_counts"] is not None:
+            trainer.set_feature_counts(state["feature_counts"].numpy())
+        return trainer
 
     def weights(self):
         """A copy of the network's parameters and of their average."""
@@ -546,30 +549,6 @@ def check_finite(loss, epoch):
         )
 
 
-def pair_floats(widths, floats_per_pair):
-    """Floats in a per-pair tensor of one row of each width."""
-    widths = np.asarray(widths, dtype=np.int64)
-    return widths * (widths - 1) // 2 * floats_per_pair
-
-
-def check_row_widths(widths, floats_per_pair):
-    """Refuse rows whose pair tensors alone would exhaust memory."""
-    if floats_per_pair == 0 or len(widths) == 0:
-        return
-    row = int(np.argmax(widths))
-    needed = int(pair_floats(widths[row], floats_per_pair))
-    if needed > MAX_ROW_FLOATS:
-        width = int(widths[row])
-        raise ValueError(
-            f"Row {row} has {width} active features, i.e. {width * (width - 1) // 2} "
-            f"feature pairs; attention over them needs {4 * needed / 2**30:.1f} GiB "
-            f"per intermediate tensor, above skafm's limit of "
-            f"{4 * MAX_ROW_FLOATS / 2**30:.2f} GiB per row. Use fewer active features "
-            "per row, smaller n_factors and attention_size, or attention=False (a "
-            "factorization machine, whose cost grows linearly with the row's width)."
-        )
-
-
 def bounded_parts(rows, widths, floats_per_pair, budget=None):
     """Cut a batch into parts whose per-pair tensors hold at most ``budget`` floats.
 
@@ -591,55 +570,3 @@ def bounded_parts(rows, widths, floats_per_pair, budget=None):
         parts.append(rows[start:stop])
         start = stop
     return parts
-
-
-def predict_batches(widths, floats_per_pair=1):
-    """Split rows into chunks of equal width whose pair tensors stay bounded.
-
-    Parameters
-    ----------
-    widths : ndarray of int
-        Number of active features of each row.
-    floats_per_pair : int
-        Size of the largest per-pair vector, ``max(n_factors, attention_size)``.
-
-    Yields
-    ------
-    rows : ndarray of int
-        Row numbers of one chunk. All rows of a chunk have the same width, so
-        nothing is padded and each row's output is computed exactly as if it
-        were predicted alone. A chunk's pair tensors hold at most
-        ``PREDICT_FLOAT_BUDGET`` floats (or a single row, however wide).
-    """
-    order = np.argsort(widths, kind="stable")
-    sorted_widths = widths[order]
-    boundaries = np.flatnonzero(np.diff(sorted_widths)) + 1
-    for group in np.split(order, boundaries):
-        width = int(widths[group[0]])
-        row_floats = max(width * (width - 1) // 2, 1) * floats_per_pair
-        size = max(1, min(PREDICT_MAX_ROWS, PREDICT_FLOAT_BUDGET // row_floats))
-        for start in range(0, len(group), size):
-            yield group[start : start + size]
-
-
-def predict_raw(module, X_csr):
-    """Raw network outputs for every row, as float64 of shape (n_samples, n_outputs)."""
-    device = module.bias.device
-    widths = row_widths(X_csr)
-    check_row_widths(widths, module.floats_per_pair if module.attention else 0)
-    out = np.empty((X_csr.shape[0], module.bias.shape[0]), dtype=np.float64)
-    module.eval()
-    # one workspace per call: concurrent predictions never share buffers
-    workspace = PairWorkspace()
-    with torch.inference_mode():
-        for rows in predict_batches(widths, module.floats_per_pair_at_inference):
-            batch = pad_rows(X_csr, rows).to(device)
-            output = module(batch.index, batch.value, batch.mask, workspace=workspace)
-            out[rows] = output.cpu().numpy()
-    if not np.all(np.isfinite(out)):
-        raise ValueError(
-            "The model's output overflowed float32 for some samples, whose "
-            "feature values are too large: products of pairs of values scale "
-            "the interactions. Scale the features, e.g. with MaxAbsScaler."
-        )
-    return out

@@ -1,7 +1,17 @@
 """Warnings and errors raised by skafm."""
 
-from ._native import KernelBuildWarning
-from ._training import TrainingDivergedError
+
+class KernelBuildWarning(UserWarning):
+    """skafm's CPU training kernels could not be compiled, or were not used.
+
+    Training then runs the same computation in PyTorch operations: the same
+    results to within float rounding, more slowly. Set the environment
+    variable ``SKAFM_NATIVE_KERNELS=0`` to skip the build (and the warning).
+    """
+
+
+class TrainingDivergedError(ValueError):
+    """The training objective became NaN or infinite, or grew by orders of magnitude."""
 
 
 class InconsistentVersionWarning(UserWarning):

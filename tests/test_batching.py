@@ -6,7 +6,7 @@ import scipy.sparse as sp
 import torch
 
 from skafm._batching import as_active_features, iter_row_batches, pad_rows
-from skafm._training import PREDICT_FLOAT_BUDGET, predict_batches
+from skafm._nn.inference import PREDICT_FLOAT_BUDGET, predict_batches
 
 
 def test_explicit_zeros_and_duplicates_are_canonicalised_without_touching_input():
@@ -123,7 +123,8 @@ def test_training_batches_bucket_rows_of_similar_width():
 
 
 def test_bounded_parts_keep_every_row_and_respect_the_budget():
-    from skafm._training import bounded_parts, pair_floats
+    from skafm._batching import pair_floats
+    from skafm._training import bounded_parts
 
     rng = np.random.RandomState(0)
     widths = rng.randint(0, 120, size=300)

@@ -18,6 +18,7 @@ from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
+import skafm._nn.inference
 import skafm._training
 from skafm import AFMClassifier, AFMRegressor
 
@@ -208,7 +209,7 @@ def test_predictions_do_not_depend_on_prediction_chunks(
         model = AFMClassifier(**FAST).fit(X, labels)
         output = model.decision_function
     whole = output(X)
-    monkeypatch.setattr(skafm._training, "PREDICT_MAX_ROWS", 7)
+    monkeypatch.setattr(skafm._nn.inference, "PREDICT_MAX_ROWS", 7)
     np.testing.assert_array_equal(output(X), whole)
     for row in range(0, 600, 97):
         np.testing.assert_array_equal(output(X[row]), whole[row : row + 1])

@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+import skafm._batching
 import skafm._training
 import skafm.io
 from skafm import AFMClassifier, AFMRegressor
@@ -176,7 +177,7 @@ def test_explanations_refuse_rows_too_wide_as_predict_does(
 
     X, y, _ = planted_regression
     model = AFMRegressor(**FAST).fit(X, y)
-    monkeypatch.setattr(skafm._training, "MAX_ROW_FLOATS", 8)
+    monkeypatch.setattr(skafm._batching, "MAX_ROW_FLOATS", 8)
     for call in (explain, interaction_importance):
         with pytest.raises(ValueError, match="limit of"):
             call(model, X[:5])

@@ -16,17 +16,11 @@ import torch
 import skafm._native as native
 from skafm import AFMRegressor
 from skafm._batching import as_active_features, pad_rows
-from skafm._network import (
-    AttentionPooling,
-    FusedAttentionPooling,
-    FusedDropout,
-    PairwiseAttentionPooling,
-    every_pair,
-    group_pairs,
-    pair_selectors,
-    pairs_of,
-    ungrouped_pairs,
-)
+from skafm._nn import ops
+from skafm._nn.functional import every_pair, pair_selectors, pairs_of
+from skafm._nn.fused import FusedAttentionPooling, FusedDropout
+from skafm._nn.grouping import ungrouped_training_pairs
+from skafm._nn.pooling import AttentionPooling, PairwiseAttentionPooling
 from skafm._threads import thread_limit
 from skafm.datasets import make_interaction_data
 from skafm.exceptions import KernelBuildWarning
@@ -84,7 +78,7 @@ def test_fused_pooling_gradients_match_numerical_gradients(
     pair_mask = pairs_of(mask)
     if through_inverse:
         # every pair its own group, read through an identity inverse
-        groups = ungrouped_pairs(n_rows, width, scaled.device)
+        groups = ungrouped_training_pairs(n_rows, width, scaled.device)
         pairs = (groups.left, groups.right, groups.inverse, groups.n_groups)
     else:
         pairs = every_pair(n_rows, width, scaled.device)
@@ -123,7 +117,7 @@ def test_fused_pooling_matches_pytorch_operations(kernels):
         torch.rand(pair_mask.shape, generator=torch.Generator().manual_seed(2)) > 0.3
     ) / 0.7
     parameters = network(k, t, torch.float32)
-    groups = group_pairs(batch.index, batch.value, for_training=True)
+    groups = ops.group_training_pairs(batch.index, batch.value)
     assert groups is not None and groups.n_groups < 0.5 * len(groups.inverse)
     grouped = (groups.left, groups.right, groups.inverse, groups.n_groups)
     ungrouped = every_pair(n_rows, width, scaled.device)
@@ -171,7 +165,7 @@ def fused_runner(kernels, n_rows=200):
             parameters,
         )
 
-    groups = group_pairs(batch.index, batch.value, for_training=True)
+    groups = ops.group_training_pairs(batch.index, batch.value)
     grouped = (groups.left, groups.right, groups.inverse, groups.n_groups)
     return run, grouped, batch.index.shape[1]
 
@@ -185,9 +179,9 @@ def test_hashed_groups_are_the_sorted_groups_by_first_occurrence(
         full = batch.mask.all(1)
         batch = type(batch)(batch.index[full], batch.value[full], batch.mask[full])
     assert bool(batch.mask.all()) != padded
-    hashed = group_pairs(batch.index, batch.value, for_training=True)
+    hashed = ops.group_training_pairs(batch.index, batch.value)
     monkeypatch.setattr(native, "kernels", lambda: None)
-    by_sort = group_pairs(batch.index, batch.value, for_training=True)
+    by_sort = ops.group_training_pairs(batch.index, batch.value)
     n = by_sort.n_groups
     assert hashed.n_groups == n
     # one sorted group for each hashed group, and the same occurrences in it
@@ -196,7 +190,11 @@ def test_hashed_groups_are_the_sorted_groups_by_first_occurrence(
     assert torch.equal(to_sorted[hashed.inverse], by_sort.inverse)
     assert len(set(to_sorted.tolist())) == n
     # numbered by first occurrence, whose positions they carry
-    first = by_sort.first[to_sorted]
+    occurrences = torch.arange(len(by_sort.inverse))
+    first_of_sorted = torch.full((n,), len(occurrences)).scatter_reduce_(
+        0, by_sort.inverse, occurrences, "amin"
+    )
+    first = first_of_sorted[to_sorted]
     assert torch.all(first[1:] > first[:-1])
     assert torch.equal(hashed.left[:n], by_sort.left[to_sorted])
     assert torch.equal(hashed.right[:n], by_sort.right[to_sorted])
@@ -225,9 +223,9 @@ def declining_batches():
 
 def test_hashed_grouping_declines_where_the_sorted_one_does(kernels, monkeypatch):
     batches = list(declining_batches())
-    hashed = [group_pairs(b.index, b.value, for_training=True) for b in batches]
+    hashed = [ops.group_training_pairs(b.index, b.value) for b in batches]
     monkeypatch.setattr(native, "kernels", lambda: None)
-    by_sort = [group_pairs(b.index, b.value, for_training=True) for b in batches]
+    by_sort = [ops.group_training_pairs(b.index, b.value) for b in batches]
     assert [g is None for g in hashed] == [g is None for g in by_sort]
     assert [g is None for g in hashed] == [True, True, True, True, False]
 
@@ -321,7 +319,7 @@ def test_the_environment_switches_the_kernels_off(fresh_build_state, monkeypatch
 
     monkeypatch.setattr(subprocess, "run", no_build)
     assert native.kernels() is None
-    assert native.for_tensor(torch.zeros(3)) is None
+    assert ops.kernels_for(torch.zeros(3)) is None
 
 
 @pytest.fixture
@@ -511,11 +509,11 @@ def test_a_foreign_library_is_not_used(kernels, tmp_path):
 
 
 def test_kernels_serve_cpu_float_tensors_only(kernels):
-    assert native.for_tensor(torch.zeros(3)) is kernels
-    assert native.for_tensor(torch.zeros(3, dtype=torch.float64)) is kernels
-    assert native.for_tensor(torch.zeros(3, dtype=torch.float16)) is None
+    assert ops.kernels_for(torch.zeros(3)) is kernels
+    assert ops.kernels_for(torch.zeros(3, dtype=torch.float64)) is kernels
+    assert ops.kernels_for(torch.zeros(3, dtype=torch.float16)) is None
     if torch.cuda.is_available():
-        assert native.for_tensor(torch.zeros(3, device="cuda")) is None
+        assert ops.kernels_for(torch.zeros(3, device="cuda")) is None
 
 
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])

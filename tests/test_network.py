@@ -5,18 +5,21 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import skafm._network
+import skafm._nn.functional as functional
+import skafm._nn.grouping as grouping
+import skafm._nn.ops as ops
+import skafm._nn.pooling as pooling
 from skafm._batching import as_active_features, pad_rows
-from skafm._network import (
-    AttentionalFactorizationMachine,
-    AttentionPooling,
-    PairwiseAttentionPooling,
-    group_pairs,
-    masked_softmax,
-    pair_positions,
-    pair_selectors,
-    ungrouped_pairs,
+from skafm._nn import AttentionalFactorizationMachine
+from skafm._nn.functional import masked_softmax, pair_positions, pair_selectors
+from skafm._nn.grouping import (
+    group_prediction_pairs,
+    group_training_pairs,
+    ungrouped_training_pairs,
 )
+from skafm._nn.inference import additive_parts, predicted_output
+from skafm._nn.pooling import AttentionPooling, PairwiseAttentionPooling
+from skafm._sorting import unique_groups
 
 
 def make_module(n_features=12, n_outputs=1, attention=True, seed=0, **kwargs):
@@ -94,7 +97,8 @@ def test_network_matches_pairwise_reference(attention, n_outputs):
 
     batch = pad_rows(X, np.arange(6))
     with torch.no_grad():
-        output = module(batch.index, batch.value, batch.mask).double().numpy()
+        output = predicted_output(module, batch.index, batch.value, batch.mask)
+        output = output.double().numpy()
 
     for row in range(6):
         start, stop = X.indptr[row], X.indptr[row + 1]
@@ -109,8 +113,8 @@ def test_attention_weights_are_a_softmax_over_each_rows_real_pairs():
     module = make_module(n_features=4)
     batch = pad_rows(X, np.arange(3))
     with torch.no_grad():
-        _, weights, _, left, right = module.additive_parts(
-            batch.index, batch.value, batch.mask
+        _, weights, _, left, right = additive_parts(
+            module, batch.index, batch.value, batch.mask
         )
     pair_mask = batch.mask[:, left] & batch.mask[:, right]
     totals = weights.sum(1).numpy()
@@ -128,9 +132,9 @@ def test_additive_parts_sum_to_the_output(attention):
     module = make_module(n_outputs=3, attention=attention)
     batch = pad_rows(X, np.arange(6))
     with torch.no_grad():
-        output = module(batch.index, batch.value, batch.mask)
-        linear, _, contributions, _, _ = module.additive_parts(
-            batch.index, batch.value, batch.mask
+        output = predicted_output(module, batch.index, batch.value, batch.mask)
+        linear, _, contributions, _, _ = additive_parts(
+            module, batch.index, batch.value, batch.mask
         )
     total = module.bias + linear + contributions.sum(1)
     torch.testing.assert_close(total, output, rtol=1e-5, atol=1e-5)
@@ -155,7 +159,7 @@ def test_dropout_is_active_in_training_and_off_in_eval(training_ops):
     assert not torch.allclose(train_outputs, train_outputs[0].expand_as(train_outputs))
     module.eval()
     with torch.no_grad():
-        eval_outputs = module(batch.index, batch.value, batch.mask)
+        eval_outputs = predicted_output(module, batch.index, batch.value, batch.mask)
     assert torch.equal(eval_outputs, eval_outputs[0].expand_as(eval_outputs))
 
 
@@ -169,10 +173,10 @@ def test_row_output_does_not_depend_on_batch_mates():
     rows = np.flatnonzero(width == np.bincount(width).argmax())
     with torch.no_grad():
         together = pad_rows(X, rows)
-        joint = module(together.index, together.value, together.mask)
+        joint = predicted_output(module, together.index, together.value, together.mask)
         for position, row in enumerate(rows):
             alone = pad_rows(X, np.array([row]))
-            single = module(alone.index, alone.value, alone.mask)
+            single = predicted_output(module, alone.index, alone.value, alone.mask)
             assert torch.equal(single[0], joint[position])
 
 
@@ -185,7 +189,7 @@ def test_attention_pooling_backward_matches_numerical_gradients(with_dropout):
     left, right = pair_positions(width, scaled.device)
     pair_mask = mask[:, left] & mask[:, right]
     # every pair its own group: gradcheck moves each entry on its own
-    groups = ungrouped_pairs(n_rows, width, scaled.device)
+    groups = ungrouped_training_pairs(n_rows, width, scaled.device)
     select_left, select_right = (
         s.double() for s in pair_selectors(width, scaled.device)
     )
@@ -222,8 +226,8 @@ def test_afm_started_from_an_fm_reproduces_it_on_rows_of_the_mean_width(training
     batch = pad_rows(as_active_features(X), np.arange(4))
     afm.start_from_factorization_machine(fm, mean_pairs=10.0)
     with torch.no_grad():
-        expected = fm(batch.index, batch.value, batch.mask)
-        started = afm(batch.index, batch.value, batch.mask)
+        expected = predicted_output(fm, batch.index, batch.value, batch.mask)
+        started = predicted_output(afm, batch.index, batch.value, batch.mask)
     torch.testing.assert_close(started, expected, rtol=1e-5, atol=1e-5)
     # the attention network still learns: its query gets a gradient
     afm.train()
@@ -233,7 +237,7 @@ def test_afm_started_from_an_fm_reproduces_it_on_rows_of_the_mean_width(training
 
 def test_training_steps_with_a_workspace_match_fresh_allocations(training_ops):
     """Reused buffers give the same gradients, step after step, at any width."""
-    from skafm._network import PairWorkspace
+    from skafm._nn.workspace import PairWorkspace
 
     module = make_module(n_features=30)
     module.train()
@@ -268,17 +272,17 @@ def test_grouping_identical_pairs_changes_neither_outputs_nor_gradients(
     short = rng.rand(60) < 0.3
     dense[short, columns[short, 5]] = 0.0
     batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(60))
-    groups = skafm._network.group_pairs(batch.index, batch.value, for_training=True)
+    groups = group_training_pairs(batch.index, batch.value)
     n_pairs = batch.index.shape[1] * (batch.index.shape[1] - 1) // 2
     assert len(groups.left) < 0.5 * 60 * n_pairs  # grouping does happen
 
-    original = skafm._network.group_pairs
+    original = ops.group_training_pairs
 
     def outputs_and_gradients(deduplicate):
         # without groups, pairs are scored one by one (PairwiseAttentionPooling)
         monkeypatch.setattr(
-            skafm._network,
-            "group_pairs",
+            ops,
+            "group_training_pairs",
             original if deduplicate else lambda *args, **kwargs: None,
         )
         module = make_module(attention_dropout=0.3)
@@ -299,7 +303,7 @@ def test_real_valued_features_are_not_grouped():
     rng = np.random.RandomState(0)
     X = sp.random(20, 12, density=0.5, random_state=rng, format="csr")
     batch = pad_rows(as_active_features(X), np.arange(20))
-    assert skafm._network.group_pairs(batch.index, batch.value) is None
+    assert group_prediction_pairs(batch.index, batch.value) is None
 
 
 def test_pairs_of_large_fields_are_not_grouped():
@@ -307,16 +311,16 @@ def test_pairs_of_large_fields_are_not_grouped():
     rng = np.random.RandomState(0)
     dense, _ = one_hot_rows(rng, 200, 3, 20, 20)
     batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(200))
-    entry_ids, first = skafm._network.distinct_entries(batch.index, batch.value)
+    entry_ids, first = grouping.distinct_entries(batch.index, batch.value)
     n_entries = len(first)
     assert n_entries <= 60
     # each of the 3 field pairs has at most 20 * 20 = 400 > 200 values: the
     # bound rules grouping out without sorting the pairs
-    bound = skafm._network.most_pairs_distinct_bound(
+    bound = grouping.most_pairs_distinct_bound(
         entry_ids.view(batch.index.shape), n_entries
     )
     assert bound == 3 * 200
-    assert skafm._network.group_pairs(batch.index, batch.value) is None
+    assert group_prediction_pairs(batch.index, batch.value) is None
 
 
 @pytest.mark.parametrize("n_outputs", [1, 3])
@@ -330,13 +334,13 @@ def test_row_output_is_the_same_on_the_grouped_and_the_pairwise_path(
     X = as_active_features(sp.csr_matrix(dense))
     module = make_module(n_features=60, n_outputs=n_outputs)
     together = pad_rows(X, np.arange(200))
-    assert group_pairs(together.index, together.value) is not None
+    assert group_prediction_pairs(together.index, together.value) is not None
     with torch.no_grad():
-        joint = module(together.index, together.value, together.mask)
+        joint = predicted_output(module, together.index, together.value, together.mask)
         for row in range(0, 200, 9):
             alone = pad_rows(X, np.array([row]))
-            assert group_pairs(alone.index, alone.value) is None
-            single = module(alone.index, alone.value, alone.mask)
+            assert group_prediction_pairs(alone.index, alone.value) is None
+            single = predicted_output(module, alone.index, alone.value, alone.mask)
             assert torch.equal(single[0], joint[row])
 
 
@@ -358,7 +362,7 @@ def test_feature_lookup_matches_embedding_lookups(n_outputs, training_ops):
         embedding.requires_grad_(True)
         linear.requires_grad_(True)
         if fused:
-            scaled, term, norm = skafm._network.FeatureLookup.apply(
+            scaled, term, norm = ops.feature_lookup(
                 index, value, penalty, embedding, linear, True
             )
         else:
@@ -397,9 +401,9 @@ def test_prediction_path_matches_the_training_path(one_hot, n_outputs, training_
     X = as_active_features(sp.csr_matrix(dense))
     module = make_module(n_features=20, n_outputs=n_outputs)
     batch = pad_rows(X, np.arange(300))
-    assert (group_pairs(batch.index, batch.value) is not None) == one_hot
+    assert (group_prediction_pairs(batch.index, batch.value) is not None) == one_hot
     with torch.no_grad():
-        predicted = module(batch.index, batch.value, batch.mask)
+        predicted = predicted_output(module, batch.index, batch.value, batch.mask)
     with torch.enable_grad():
         pooled = module(batch.index, batch.value, batch.mask)
     torch.testing.assert_close(predicted, pooled.detach(), rtol=1e-5, atol=1e-5)
@@ -417,7 +421,7 @@ def test_distinct_pairs_bound_counts_distinct_entries_per_position(n_entries):
         for left in range(width)
         for right in range(left + 1, width)
     )
-    bound = skafm._network.most_pairs_distinct_bound(entry_ids, n_entries)
+    bound = grouping.most_pairs_distinct_bound(entry_ids, n_entries)
     assert bound == expected
 
 
@@ -427,17 +431,17 @@ def test_occurrence_positions_are_the_rows_and_pairs_of_the_occurrences(
     monkeypatch, width, cached
 ):
     if not cached:
-        monkeypatch.setattr(skafm._network, "CACHED_POSITIONS_MAX_OCCURRENCES", 0)
+        monkeypatch.setattr(functional, "CACHED_POSITIONS_MAX_OCCURRENCES", 0)
     n_rows, n_pairs = 7, width * (width - 1) // 2
     occurrences = torch.tensor([0, 3, n_rows * n_pairs - 1, n_pairs, 1])
-    left, right = skafm._network.occurrence_positions(occurrences, n_rows, width)
+    left, right = functional.occurrence_positions(occurrences, n_rows, width)
     pair_left, pair_right = pair_positions(width, occurrences.device)
     rows, pairs = occurrences // n_pairs, occurrences % n_pairs
     n = len(occurrences)
     assert torch.equal(left[:n], rows * width + pair_left[pairs])
     assert torch.equal(right[:n], rows * width + pair_right[pairs])
     # padding: whole chunks, filled with occurrence 0's positions
-    assert len(left) % skafm._network.PAIR_CHUNK == 0
+    assert len(left) % functional.PAIR_CHUNK == 0
     assert torch.all(left[n:] == 0) and torch.all(right[n:] == 1)
 
 
@@ -451,21 +455,21 @@ def test_unpadded_batches_are_pooled_without_a_mask_with_the_same_bits(
     assert bool(batch.mask.all())
     module = make_module(n_features=10, attention_dropout=0.3).train()
     masks = []
-    original_softmax = skafm._network.masked_softmax
+    original_softmax = pooling.masked_softmax
 
     def recording_softmax(scores, mask):
         masks.append(mask)
         return original_softmax(scores, mask)
 
-    monkeypatch.setattr(skafm._network, "masked_softmax", recording_softmax)
+    monkeypatch.setattr(pooling, "masked_softmax", recording_softmax)
     module(batch.index, batch.value, batch.mask, torch.Generator().manual_seed(0))
     assert masks == [None]
 
     scaled = (
         module.embedding.detach()[batch.index] * batch.value.unsqueeze(-1)
     ).requires_grad_()
-    pair_mask = skafm._network.pairs_of(batch.mask)
-    groups = group_pairs(batch.index, batch.value, for_training=True)
+    pair_mask = functional.pairs_of(batch.mask)
+    groups = group_training_pairs(batch.index, batch.value)
     select_left, select_right = pair_selectors(5, scaled.device)
     network = (module.attention_weight, module.attention_bias, module.attention_query)
     keep = (torch.rand(pair_mask.shape) > 0.3) / 0.7
@@ -486,23 +490,22 @@ def test_training_groups_one_hot_rows_by_feature_with_the_same_groups(torch_ops)
     rng = np.random.RandomState(0)
     dense, columns = one_hot_rows(rng, 50, 4, 3, 3)
     batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(50))
-    by_feature = group_pairs(batch.index, batch.value, for_training=True)
-    assert by_feature.entries is None and by_feature.entry_pairs is None
+    by_feature = group_training_pairs(batch.index, batch.value)
     # the groups of the batch's numbered entries
-    entry_ids, _ = skafm._network.distinct_entries(batch.index, batch.value)
+    entry_ids, _ = grouping.distinct_entries(batch.index, batch.value)
     rows_entries = entry_ids.view(batch.index.shape)
     left, right = pair_positions(4, rows_entries.device)
     keys = rows_entries[:, left] * 1000 + rows_entries[:, right]
-    _, inverse, first = skafm._network.unique_groups(keys)
+    _, inverse, first = unique_groups(keys)
     assert torch.equal(by_feature.inverse, inverse)
-    assert torch.equal(by_feature.first, first)
+    first_left, first_right = functional.occurrence_positions(first, 50, 4)
+    assert torch.equal(by_feature.left, first_left)
+    assert torch.equal(by_feature.right, first_right)
     # padding (value 0) or other values: entries are numbered as before
     dense[:5, columns[:5, 3]] = 0.0
     dense[5:10, columns[5:10, 0]] = 2.0
     padded = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(50))
-    assert (
-        group_pairs(padded.index, padded.value, for_training=True).entries is not None
-    )
+    assert group_training_pairs(padded.index, padded.value) is not None
 
 
 def test_per_row_matmul_has_the_gradients_of_a_plain_product():
@@ -510,15 +513,13 @@ def test_per_row_matmul_has_the_gradients_of_a_plain_product():
     x = torch.randn(7, 5, dtype=torch.float64, generator=generator)
     weight = torch.randn(5, 3, dtype=torch.float64, generator=generator)
     assert torch.autograd.gradcheck(
-        skafm._network.per_row_matmul,
+        functional.per_row_matmul,
         (x.requires_grad_(), weight.requires_grad_()),
     )
     # forward: each row alone gives the same bits
-    rows = skafm._network.per_row_matmul(x, weight)
+    rows = functional.per_row_matmul(x, weight)
     for i in range(len(x)):
-        assert torch.equal(
-            rows[i], skafm._network.per_row_matmul(x[i : i + 1], weight)[0]
-        )
+        assert torch.equal(rows[i], functional.per_row_matmul(x[i : i + 1], weight)[0])
 
 
 def test_prediction_groups_pairs_slot_by_slot():
@@ -537,15 +538,15 @@ def test_prediction_groups_pairs_slot_by_slot():
     np.put_along_axis(dense[:10], columns[:10, :1], 2.0, axis=1)
     np.put_along_axis(dense[10:20], columns[10:20, 3:], 0.0, axis=1)
     batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(n_rows))
-    entry_ids, entries = skafm._network.distinct_entries(batch.index, batch.value)
+    entry_ids, entries = grouping.distinct_entries(batch.index, batch.value)
     rows_entries = entry_ids.view(n_rows, 4)
-    present = skafm._network.entries_by_position(rows_entries, len(entries))
+    present = grouping.entries_by_position(rows_entries, len(entries))
     per_position = present.sum(1)
     left, right = pair_positions(4, rows_entries.device)
     counted = per_position[left] * per_position[right] <= n_rows
     assert counted.any() and not counted.all()
 
-    pairs, inverse = skafm._network.group_pairs_by_slot(rows_entries, present)
+    pairs, inverse = grouping.group_pairs_by_slot(rows_entries, present)
     keys = rows_entries[:, left] * len(entries) + rows_entries[:, right]
     assert torch.equal(pairs[inverse], keys.reshape(-1))
     slots = torch.arange(len(left)).repeat(n_rows)
@@ -553,11 +554,11 @@ def test_prediction_groups_pairs_slot_by_slot():
         len(pairs)
     )
 
-    groups = group_pairs(batch.index, batch.value)
-    assert groups.first is None and groups.n_groups == len(pairs)
+    groups = group_prediction_pairs(batch.index, batch.value)
+    assert groups.n_groups == len(pairs)
     module = make_module(n_features=dense.shape[1])
     with torch.no_grad():
-        predicted = module(batch.index, batch.value, batch.mask)
+        predicted = predicted_output(module, batch.index, batch.value, batch.mask)
     with torch.enable_grad():
         pooled = module(batch.index, batch.value, batch.mask)
     torch.testing.assert_close(predicted, pooled.detach(), rtol=1e-5, atol=1e-5)

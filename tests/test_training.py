@@ -13,10 +13,11 @@ from sklearn.metrics import mean_squared_error, r2_score
 from sklearn.model_selection import train_test_split
 
 import skafm._base
+import skafm._batching
 import skafm._training
 from skafm import AFMClassifier, AFMRegressor
-from skafm._network import AttentionalFactorizationMachine
-from skafm._training import TrainingDivergedError
+from skafm._nn import AttentionalFactorizationMachine
+from skafm.exceptions import TrainingDivergedError
 
 from .conftest import FAST
 
@@ -330,15 +331,15 @@ def test_batches_split_for_memory_take_the_same_steps(monkeypatch):
 
 def test_a_row_too_wide_for_memory_is_a_clear_error(monkeypatch):
     X, y = wide_rows()
-    monkeypatch.setattr(skafm._training, "MAX_ROW_FLOATS", 50_000)
+    monkeypatch.setattr(skafm._batching, "MAX_ROW_FLOATS", 50_000)
     with pytest.raises(ValueError, match="active features.*attention=False"):
         AFMRegressor(**FAST).fit(X, y)
     # a factorization machine never builds per-pair tensors
     fm = AFMRegressor(**FAST, attention=False).fit(X, y)
     assert np.isfinite(fm.predict(X)).all()
-    monkeypatch.setattr(skafm._training, "MAX_ROW_FLOATS", 1 << 26)
+    monkeypatch.setattr(skafm._batching, "MAX_ROW_FLOATS", 1 << 26)
     model = AFMRegressor(**FAST).fit(X, y)
-    monkeypatch.setattr(skafm._training, "MAX_ROW_FLOATS", 50_000)
+    monkeypatch.setattr(skafm._batching, "MAX_ROW_FLOATS", 50_000)
     with pytest.raises(ValueError, match="limit of"):
         model.predict(X)
 

@@ -4,13 +4,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
-from .._batching import as_active_features, pad_rows, row_widths
+from .._batching import as_active_features
+from .._nn.inference import explained_chunks
 from .._threads import thread_limit
-from .._training import check_row_widths, predict_batches
 from ._groups import feature_names_of, field_groups, split_pipeline
 
 
@@ -27,17 +26,9 @@ def iter_additive_parts(model, X):
     X_csr = as_active_features(model._validate_data(X, reset=False))
     module = model.module_
     scale, _ = model._output_units()
-    widths = row_widths(X_csr)
-    # explanations list every pair, with or without attention: the same
-    # limit as predict's on rows whose pair tensors would exhaust memory
-    check_row_widths(widths, module.floats_per_pair)
-    module.eval()
-    with thread_limit(model.n_threads), torch.inference_mode():
-        for rows in predict_batches(widths, module.floats_per_pair):
-            batch = pad_rows(X_csr, rows).to(module.bias.device)
-            linear, weights, contributions, left, right = module.additive_parts(
-                batch.index, batch.value, batch.mask
-            )
+    with thread_limit(model.n_threads):
+        for rows, batch, parts in explained_chunks(module, X_csr):
+            linear, weights, contributions, left, right = parts
             pair_mask = (batch.mask[:, left] & batch.mask[:, right]).cpu().numpy()
             index = batch.index.cpu().numpy()
             pair_row, pair = np.nonzero(pair_mask)

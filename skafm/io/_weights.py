@@ -1,6 +1,5 @@
 """A fitted estimator as tensors and plain values, loadable without unpickling code."""
 
-import dataclasses
 import os
 import pickle
 
@@ -9,8 +8,8 @@ import torch
 
 from .._afm import AFMClassifier, AFMRegressor
 from .._base import PARAMETERS_BEFORE_THEY_EXISTED, current_versions
-from .._network import AttentionalFactorizationMachine
-from .._training import OptimizationConfig, Trainer
+from .._nn import AttentionalFactorizationMachine
+from .._training import Trainer
 
 FORMAT = "skafm.io"
 FORMAT_VERSION = 1
@@ -61,7 +60,7 @@ def dump(estimator, file):
             "set scoring to a string (e.g. model.set_params(scoring='loss')) or "
             "use pickle."
         )
-    trainer = estimator._trainer.to_cpu()
+    trainer = estimator._trainer
     fitted = {
         key: value
         for key, value in vars(estimator).items()
@@ -75,13 +74,9 @@ def dump(estimator, file):
         "params": {key: encode(value) for key, value in params.items()},
         "fitted": {key: encode(value) for key, value in fitted.items()},
         "network": network_state(trainer.module),
-        "optimization": dataclasses.asdict(trainer.config),
-        "optimizers": [optimizer.state_dict() for optimizer in trainer.optimizers],
-        "average": None if trainer.average is None else trainer.average.state(),
-        # partial_fit goes on counting features for penalty_scope="feature"
-        "feature_counts": None
-        if trainer.feature_counts is None
-        else torch.from_numpy(trainer.feature_counts),
+        # the optimizer's state, the weight average and (for partial_fit
+        # with penalty_scope="feature") the feature counts
+        **trainer.state(),
     }
     torch.save(state, _path_or_file(file))
 
@@ -184,20 +179,14 @@ def _estimator_from_state(state):
     estimator = cls(**{key: decode(value) for key, value in params.items()})
     for key, value in state["fitted"].items():
         setattr(estimator, key, decode(value))
-    module = build_network(state["network"])
-    trainer = Trainer(module, OptimizationConfig(**state["optimization"]))
-    for optimizer, optimizer_state in zip(
-        trainer.optimizers, state["optimizers"], strict=True
-    ):
-        optimizer.load_state_dict(optimizer_state)
-    if trainer.average is not None:
-        trainer.average.load_state(state["average"])
-    counts = state.get("feature_counts")
+    counts = state.setdefault("feature_counts", None)
     if counts is not None:
         check_dense(counts, "feature_counts")
         if counts.shape != (state["network"]["n_features"],):
             raise InvalidModelFile("the feature counts do not match n_features.")
-        trainer.set_feature_counts(counts.numpy())
+    if not isinstance(state["optimizers"], list) or len(state["optimizers"]) != 1:
+        raise InvalidModelFile("it does not hold one optimizer state.")
+    trainer = Trainer.from_state(build_network(state["network"]), state)
     estimator._trainer = trainer
     estimator.module_ = trainer.prediction_module
     return estimator
