@@ -32,7 +32,7 @@ SETTINGS = [
     ("batch_size=64", {"batch_size": 64}, {}),
     ("penalty_scope='sample'", {"penalty_scope": "sample"}, {}),
     ("alpha=0 (no L2 penalty)", {"alpha": 0.0}, {}),
-    ("average_decay=0.99 (weight averaging)", {"average_decay": 0.99}, {}),
+    ("average_window=10 (weight averaging)", {"average_window": 10}, {}),
     ("dropout=0, attention_dropout=0", {"dropout": 0.0, "attention_dropout": 0.0}, {}),
     ("SKAFM_NATIVE_KERNELS=0 (PyTorch operations)", {}, {"SKAFM_NATIVE_KERNELS": "0"}),
 ]

@@ -1,4 +1,4 @@
-"""Shared machinery of the AFM estimators: parameters, validation, fit, pickling."""
+"""Shared machinery of the AFM estimators: parameters, validation and fit."""
 
 import contextlib
 import copy
@@ -27,6 +27,7 @@ from ._batching import as_active_features, mean_pair_count
 from ._device import resolve_device
 from ._nn import AttentionalFactorizationMachine
 from ._nn.inference import predict_raw
+from ._state import StateMixin, unchanged_on_failure
 from ._threads import thread_limit
 from ._training import (
     OptimizationConfig,
@@ -35,27 +36,9 @@ from ._training import (
     TrainingData,
     fit_epochs,
 )
-from .exceptions import InconsistentVersionWarning
 
 ACCEPTED_SPARSE_FORMATS = ("csr", "csc", "coo")
 
-
-def current_versions():
-    """Versions of skafm and of the libraries a pickled model depends on."""
-    import sklearn
-
-    from . import __version__
-
-    # plain str: torch's version is a str subclass that safe loading refuses
-    return {
-        "skafm": str(__version__),
-        "torch": str(torch.__version__),
-        "sklearn": str(sklearn.__version__),
-    }
-
-
-# What a model saved before a parameter was added behaves as.
-PARAMETERS_BEFORE_THEY_EXISTED = {"penalty_scope": "sample"}
 
 # batch_size="auto": this many samples per batch, fewer when a data set would
 # otherwise take under AUTO_MIN_STEPS optimizer steps per epoch
@@ -77,26 +60,6 @@ AUTO_EARLY_STOPPING_MIN_SAMPLES = 10_000
 
 
 @contextlib.contextmanager
-def unchanged_on_failure(estimator):
-    """Restore the estimator's attributes if the body raises.
-
-    ``fit`` builds its fitted state step by step (``validate_data`` alone sets
-    ``n_features_in_``); on any error the estimator is put back exactly as it
-    was, so a bad call never damages a previously fitted model. Training
-    itself always works on a new or copied network (see ``Trainer.continued``)
-    and a copy of the random state.
-    """
-    saved = dict(estimator.__dict__)
-    try:
-        yield
-    except BaseException:
-        # one reference swap: a predict in another thread sees the old state
-        # or the new one, never an emptied estimator
-        estimator.__dict__ = saved
-        raise
-
-
-@contextlib.contextmanager
 def fixed_tables(module, fixed):
     """Keep the embedding and linear tables out of training within the block."""
     if not fixed:
@@ -112,7 +75,7 @@ def fixed_tables(module, fixed):
             table.requires_grad_(True)
 
 
-class BaseAFM(BaseEstimator, metaclass=ABCMeta):
+class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
     """Base class for AFM estimators; not meant to be used directly."""
 
     _parameter_constraints: dict = {
@@ -653,37 +616,6 @@ class BaseAFM(BaseEstimator, metaclass=ABCMeta):
         X = self._validate_data(X, reset=False)
         with thread_limit(self.n_threads):
             return predict_raw(self.module_, as_active_features(X))
-
-    # -- persistence and tags --------------------------------------------------
-
-    def __getstate__(self):
-        # a copy: on Python >= 3.11 object.__getstate__ returns the live
-        # __dict__, and pickling must never change the object pickled
-        state = dict(super().__getstate__())
-        trainer = state.get("_trainer")
-        if trainer is not None:
-            # pickles hold CPU tensors so they load on machines without a GPU
-            cpu_trainer = trainer.to_cpu()
-            state["_trainer"] = cpu_trainer
-            state["module_"] = cpu_trainer.prediction_module
-        state["_skafm_versions"] = current_versions()
-        return state
-
-    def __setstate__(self, state):
-        saved = state.pop("_skafm_versions", None)
-        now = current_versions()
-        if saved is not None and saved["skafm"] != now["skafm"]:
-            warnings.warn(
-                InconsistentVersionWarning(
-                    original_versions=saved, current_versions=now
-                ),
-                stacklevel=2,
-            )
-        # models pickled before a parameter existed were trained as its
-        # old behaviour, which is not always the new default
-        for name, value in PARAMETERS_BEFORE_THEY_EXISTED.items():
-            state.setdefault(name, value)
-        super().__setstate__(state)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

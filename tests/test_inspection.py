@@ -92,7 +92,8 @@ def test_planted_field_pairs_rank_on_top():
     X, y, planted = make_interaction_data(
         8000, n_fields, n_categories, interactions=2, noise=0.1, random_state=3
     )
-    model = AFMRegressor(random_state=0).fit(X, y)
+    model = AFMRegressor(learning_rate_init=0.01, max_iter=20, random_state=0)
+    model.fit(X, y)
     importance = interaction_importance(
         model, X, groups=fields_of(n_fields, n_categories)
     )

@@ -5,6 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+import skafm._native
 import skafm._nn.functional as functional
 import skafm._nn.grouping as grouping
 import skafm._nn.ops as ops
@@ -562,3 +563,40 @@ def test_prediction_groups_pairs_slot_by_slot():
     with torch.enable_grad():
         pooled = module(batch.index, batch.value, batch.mask)
     torch.testing.assert_close(predicted, pooled.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_path_computes_the_same_outputs(dtype):
+    """Training's four pooling paths (fused or PyTorch, grouped or pair by
+    pair), prediction and the explanations' additive parts, on one batch."""
+    rng = np.random.RandomState(0)
+    dense, columns = one_hot_rows(rng, 80, 5, 3, 2)
+    # padded rows and values other than 1, so nothing takes a shortcut
+    dense[:10, columns[:10, 4]] = 0.0
+    dense[10:20, columns[10:20, 0]] = 2.0
+    batch = pad_rows(as_active_features(sp.csr_matrix(dense)), np.arange(80))
+    index, value, mask = batch.index, batch.value.to(dtype), batch.mask
+    module = make_module(n_features=15, n_outputs=2).to(dtype)
+    assert group_training_pairs(index, value) is not None
+    tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
+
+    outputs = {}
+    for backend in ("fused", "torch"):
+        if backend == "fused" and skafm._native.kernels() is None:
+            continue
+        with pytest.MonkeyPatch.context() as patch:
+            if backend == "torch":
+                patch.setattr(skafm._native, "kernels", lambda: None)
+            for grouped in (True, False):
+                if not grouped:
+                    patch.setattr(ops, "group_training_pairs", lambda *args: None)
+                with torch.no_grad():
+                    outputs[backend, grouped] = module(index, value, mask)
+    with torch.no_grad():
+        outputs["predicted"] = predicted_output(module, index, value, mask)
+        linear, _, contributions, _, _ = additive_parts(module, index, value, mask)
+        outputs["explained"] = module.bias + linear + contributions.sum(1)
+    expected = outputs.pop("predicted")
+    assert all(output.dtype == dtype for output in outputs.values())
+    for name, output in outputs.items():
+        torch.testing.assert_close(output, expected, **tolerance, msg=str(name))

@@ -171,11 +171,11 @@ def masked_softmax(scores, mask):
 
 
 @functools.lru_cache(maxsize=256)
-def pair_selectors(width, device):
+def pair_selectors(width, device, dtype=torch.float32):
     """One-hot (n_pairs, width) matrices selecting each pair's two features."""
     left, right = pair_positions(width, device)
     with torch.inference_mode(False):
-        eye = torch.eye(width, device=device)
+        eye = torch.eye(width, device=device, dtype=dtype)
         return eye[left].contiguous(), eye[right].contiguous()
 
 

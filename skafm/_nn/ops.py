@@ -15,9 +15,10 @@ gathering a batch's rows    always on the CPU, when built      when not built
 Adam's row updates          CPU parameters                     any other device
 ==========================  =================================  ====================
 
-Prediction and explanations always run in PyTorch operations
-(:mod:`.inference`), so a saved model predicts the same bits on a machine
-without a compiler. ``SKAFM_NATIVE_KERNELS=0`` turns every fused path off.
+An attention model's prediction and the explanations run in PyTorch
+operations (:mod:`.inference`); a plain FM predicts with its training
+forward pass, whose feature lookup is chosen here like training's.
+``SKAFM_NATIVE_KERNELS=0`` turns every fused path off.
 """
 
 import torch
@@ -82,7 +83,9 @@ def attention_pooling(scaled, pair_mask, groups, W, b, query, keep, workspace):
             scaled, pair_mask, *pairs, W, b, query, keep, kernels, workspace
         )
     if groups is None:
-        select_left, select_right = pair_selectors(scaled.shape[1], scaled.device)
+        select_left, select_right = pair_selectors(
+            scaled.shape[1], scaled.device, scaled.dtype
+        )
         return PairwiseAttentionPooling.apply(
             scaled, pair_mask, select_left, select_right, W, b, query, keep, workspace
         )

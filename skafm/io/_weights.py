@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from .._afm import AFMClassifier, AFMRegressor
-from .._base import PARAMETERS_BEFORE_THEY_EXISTED, current_versions
 from .._nn import AttentionalFactorizationMachine
+from .._state import PARAMETERS_BEFORE_THEY_EXISTED, current_versions
 from .._training import Trainer
 
 FORMAT = "skafm.io"
