@@ -715,7 +715,7 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
                 raise ValueError(
                     f"{type(self).__name__} needs samples of at least 2 classes with "
                     "positive sample_weight, but the data contains only one class: "
-                    f"{classes[weighted[0]]!r}."
+                    f"{classes[weighted[0]].tolist()!r}."
                 )
         else:
             classes = np.unique(classes)

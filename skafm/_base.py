@@ -9,6 +9,7 @@ from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, is_classifier, is_regressor
 from sklearn.exceptions import ConvergenceWarning
@@ -73,6 +74,27 @@ def fixed_tables(module, fixed):
     finally:
         for table in tables:
             table.requires_grad_(True)
+
+
+UNTRANSFORMED_X_VAL = (
+    "X_val holds values that are not numbers ({error}). In a Pipeline, X_val "
+    "reaches the model as it was passed, not transformed by the steps before "
+    "it, unless the pipeline transforms it: with "
+    "sklearn.set_config(enable_metadata_routing=True), build the pipeline with "
+    "Pipeline(steps, transform_input=['X_val']), request the data with "
+    "model.set_fit_request(X_val=True, y_val=True) and call "
+    "pipeline.fit(X, y, X_val=X_val, y_val=y_val) (see the user guide's "
+    "'Early stopping' section)."
+)
+
+
+def _holds_non_numbers(X):
+    if sp.issparse(X):
+        return False
+    try:
+        return np.asarray(X).dtype.kind in "OUSV"
+    except (TypeError, ValueError):
+        return True
 
 
 class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
@@ -399,6 +421,7 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
             rng,
             rule,
             validation_score=score,
+            validation_label=self._validation_label(),
             verbose=self.verbose,
             **options,
         )
@@ -479,14 +502,23 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
 
     def _split_validation(self, X, y, sample_weight, rng):
         stratify = y if is_classifier(self) else None
-        split = train_test_split(
-            X,
-            y,
-            sample_weight,
-            test_size=self.validation_fraction,
-            stratify=stratify,
-            random_state=rng,
-        )
+        try:
+            split = train_test_split(
+                X,
+                y,
+                sample_weight,
+                test_size=self.validation_fraction,
+                stratify=stratify,
+                random_state=rng,
+            )
+        except ValueError as error:
+            # scikit-learn's message speaks of groups and test sizes
+            raise ValueError(
+                "Early stopping could not set aside a validation part of "
+                f"validation_fraction={self.validation_fraction} of the training "
+                f"data, stratified by class: {error} Pass early_stopping=False, a "
+                "larger validation_fraction, or your own X_val and y_val."
+            ) from error
         X_train, X_val, y_train, y_val, w_train, w_val = split
         if X_val.shape[0] == 0:
             raise ValueError(
@@ -499,7 +531,12 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
         if X_val is None or y_val is None:
             missing = "y_val" if y_val is None else "X_val"
             raise ValueError(f"{missing} is needed too when the other is passed.")
-        X_val = self._validate_data(X_val, reset=False)
+        try:
+            X_val = self._validate_data(X_val, reset=False)
+        except ValueError as error:
+            if _holds_non_numbers(X_val):
+                raise ValueError(UNTRANSFORMED_X_VAL.format(error=error)) from error
+            raise
         y_val = np.asarray(y_val)
         if y_val.ndim != 1:
             y_val = y_val.ravel()
@@ -510,6 +547,10 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
             sample_weight_val, X_val, dtype=np.float64, ensure_non_negative=True
         )
         return X_val, y_val, sample_weight_val
+
+    def _validation_label(self):
+        """How ``verbose`` names the validation score."""
+        return self.scoring if isinstance(self.scoring, str) else None
 
     def _validation_scorer(self, trainer, validation):
         """A callable returning the validation score of ``trainer``'s network."""

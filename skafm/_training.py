@@ -413,6 +413,7 @@ def fit_epochs(
     rule,
     *,
     validation_score=None,
+    validation_label=None,
     verbose=0,
     first_epoch=1,
     score_to_beat=None,
@@ -441,6 +442,10 @@ def fit_epochs(
         beat it to count as the best. When none does, ``history.start_kept``
         is set and the trainer holds its last weights; the caller keeps the
         model the score belongs to.
+    validation_label : str or None
+        What the validation score is, for ``verbose``: ``"loss"`` prints the
+        loss itself (the score is its negative); a scorer's name prints as
+        ``validation <name>``; None as ``validation score``.
     warning_stacklevel : int
         ``stacklevel`` of the interruption warning, so that it points at the
         user's call.
@@ -463,7 +468,11 @@ def fit_epochs(
     diverged_above = DIVERGED_LOSS_FACTOR * constant_model_loss(
         trainer.config.loss, trainer.module.n_outputs
     )
-    for epoch in range(first_epoch, first_epoch + rule.max_iter):
+    last_epoch = first_epoch + rule.max_iter - 1
+    epoch_seconds = []
+    if validation_score is not None and validation_label is None:
+        validation_label = "score"
+    for epoch in range(first_epoch, last_epoch + 1):
         start = time.perf_counter()
         try:
             with progress_bar(data.n_samples, f"Epoch {epoch}", verbose >= 2) as bar:
@@ -491,15 +500,12 @@ def fit_epochs(
         history.samples_seen += data.n_samples
         if validation_score is not None:
             history.validation_scores.append(score)
+        epoch_seconds.append(time.perf_counter() - start)
         if verbose:
             print(
-                f"Epoch {epoch}, loss = {loss:.6f}"
-                + (
-                    ""
-                    if validation_score is None
-                    else f", validation score = {score:.6f}"
+                epoch_line(
+                    epoch, last_epoch, loss, score, validation_label, epoch_seconds
                 )
-                + f", {time.perf_counter() - start:.2f} s"
             )
 
         # the loss rule compares losses, the early stopping rule scores; both
@@ -539,6 +545,33 @@ DIVERGENCE_ADVICE = (
     "Lower learning_rate_init, raise alpha, or scale features with large "
     "values (e.g. with MaxAbsScaler)."
 )
+
+
+def epoch_line(epoch, last_epoch, loss, score, validation_label, epoch_seconds):
+    """The ``verbose`` line of an epoch: its number, loss, score, time, time left."""
+    parts = [f"Epoch {epoch}/{last_epoch}", f"loss = {loss:.6f}"]
+    if validation_label == "loss":
+        parts.append(f"validation loss = {-score:.6f}")
+    elif validation_label is not None:
+        parts.append(f"validation {validation_label} = {score:.6f}")
+    parts.append(f"{epoch_seconds[-1]:.2f} s")
+    line = ", ".join(parts)
+    remaining = last_epoch - epoch
+    if remaining > 0:
+        # an upper bound: early stopping or convergence may end sooner
+        left = remaining * sum(epoch_seconds) / len(epoch_seconds)
+        line += f" (at most {_duration(left)} left)"
+    return line
+
+
+def _duration(seconds):
+    if seconds < 1:
+        return "under 1 s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def check_finite(loss, epoch):

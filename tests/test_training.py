@@ -17,6 +17,7 @@ import skafm._batching
 import skafm._training
 from skafm import AFMClassifier, AFMRegressor
 from skafm._nn import AttentionalFactorizationMachine
+from skafm.datasets import make_interaction_data
 from skafm.exceptions import TrainingDivergedError
 
 from .conftest import FAST
@@ -230,7 +231,28 @@ def test_verbose_one_line_per_epoch_with_validation(split):
         )
     lines = [line for line in out.getvalue().splitlines() if line.startswith("Epoch")]
     assert len(lines) == 3
-    assert all("validation score" in line and line.endswith(" s") for line in lines)
+    # scoring="loss": the validation loss itself, positive as the training loss
+    assert all(", validation loss = " in line for line in lines)
+    assert all(
+        float(line.split("validation loss = ")[1].split(",")[0]) > 0 for line in lines
+    )
+    # the epoch of the total, and a bound on the time left while epochs remain
+    assert [line.split(",")[0] for line in lines] == [
+        "Epoch 1/3",
+        "Epoch 2/3",
+        "Epoch 3/3",
+    ]
+    assert lines[0].endswith(" left)") and lines[-1].endswith(" s")
+
+
+def test_verbose_names_a_scorer():
+    X, y, _ = make_interaction_data(300, n_fields=4, n_categories=3, random_state=0)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        AFMRegressor(
+            **{**FAST, "max_iter": 2}, scoring="r2", early_stopping=True, verbose=1
+        ).fit(X, y)
+    assert ", validation r2 = " in out.getvalue()
 
 
 def test_verbose_two_draws_a_progress_bar_without_tqdm(split, monkeypatch):

@@ -187,3 +187,44 @@ def test_unfitted_use_raises_not_fitted(data, estimator_class):
     for method in methods:
         with pytest.raises(NotFittedError):
             getattr(estimator_class(), method)(X)
+
+
+def test_x_val_through_a_pipeline_with_transform_input():
+    import sklearn
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng = np.random.RandomState(0)
+    X = rng.choice(["a", "b", "c"], size=(300, 3))
+    y = (X[:, 0] == "a") * 1.0 + (X[:, 1] == X[:, 2])
+    X_val, y_val = X[:60], y[:60]
+    with sklearn.config_context(enable_metadata_routing=True):
+        model = AFMRegressor(max_iter=3, early_stopping=True, random_state=0)
+        model.set_fit_request(X_val=True, y_val=True)
+        pipeline = Pipeline(
+            [("encode", OneHotEncoder(handle_unknown="ignore")), ("afm", model)],
+            transform_input=["X_val"],
+        )
+        pipeline.fit(X, y, X_val=X_val, y_val=y_val)
+    # scored on the given validation set: the loss of its transformed rows
+    assert len(pipeline[-1].validation_scores_) == pipeline[-1].n_iter_
+    untransformed = Pipeline(
+        [("encode", OneHotEncoder()), ("afm", AFMRegressor(max_iter=3))]
+    )
+    with pytest.raises(ValueError, match="transform_input=\\['X_val'\\]"):
+        untransformed.fit(X, y, afm__X_val=X_val, afm__y_val=y_val)
+
+
+def test_a_class_too_small_to_split_names_early_stopping():
+    X = np.random.RandomState(0).rand(30, 3)
+    y = np.r_[np.zeros(29), 1]
+    with pytest.raises(ValueError, match="Early stopping could not set aside"):
+        AFMClassifier(early_stopping=True, max_iter=2).fit(X, y)
+
+
+def test_a_single_class_is_named_as_a_plain_value():
+    X = np.random.RandomState(0).rand(30, 3)
+    with pytest.raises(ValueError, match=r"only one class: 0\.0\.$"):
+        AFMClassifier().fit(X, np.zeros(30))
+    with pytest.raises(ValueError, match=r"only one class: 'spam'\.$"):
+        AFMClassifier().fit(X, np.array(["spam"] * 30))
