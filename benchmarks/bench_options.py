@@ -40,9 +40,8 @@ SETTINGS = [
 
 def measure(params, epochs, data_dir):
     """Run in the worker process: epoch seconds and prediction rows/s."""
-    import warnings
-
     from _frappe import load_frappe
+    from bench_speed import time_epochs
 
     from skafm import AFMRegressor
 
@@ -57,13 +56,7 @@ def measure(params, epochs, data_dir):
             **params,
         }
     )
-    seconds = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(epochs):
-            start = time.perf_counter()
-            model.fit(X_train, y_train)
-            seconds.append(time.perf_counter() - start)
+    seconds = time_epochs(model, X_train, y_train, epochs)
     predictions = []
     for _ in range(3):
         start = time.perf_counter()
