@@ -535,3 +535,19 @@ def test_kernel_gathers_the_same_padded_rows(kernels, index_dtype, data_dtype):
             strict=True,
         ):
             assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_a_verified_library_that_does_not_load_is_rebuilt_once(
+    fresh_build_state, fake_compiler, monkeypatch
+):
+    loads = []
+
+    def load_library(path):
+        loads.append(path)
+        raise OSError("cannot open shared object file")
+
+    monkeypatch.setattr(torch.ops, "load_library", load_library)
+    with pytest.warns(KernelBuildWarning, match="could not build"):
+        assert native.kernels() is None
+    # built, failed to load, built again, failed again: no third try
+    assert len(fake_compiler) == 2 and len(loads) == 2
