@@ -9,17 +9,13 @@ from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
 
 import numpy as np
-import scipy.sparse as sp
 import torch
-from sklearn.base import BaseEstimator, is_classifier, is_regressor
+from sklearn.base import BaseEstimator, is_regressor
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import check_scoring
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
     _check_sample_weight,
-    check_consistent_length,
     check_is_fitted,
     validate_data,
 )
@@ -36,6 +32,12 @@ from ._training import (
     Trainer,
     TrainingData,
     fit_epochs,
+)
+from ._validation_set import (
+    checked_validation_set,
+    split_validation,
+    validation_label,
+    validation_scorer,
 )
 
 ACCEPTED_SPARSE_FORMATS = ("csr", "csc", "coo")
@@ -74,27 +76,6 @@ def fixed_tables(module, fixed):
     finally:
         for table in tables:
             table.requires_grad_(True)
-
-
-UNTRANSFORMED_X_VAL = (
-    "X_val holds values that are not numbers ({error}). In a Pipeline, X_val "
-    "reaches the model as it was passed, not transformed by the steps before "
-    "it, unless the pipeline transforms it: with "
-    "sklearn.set_config(enable_metadata_routing=True), build the pipeline with "
-    "Pipeline(steps, transform_input=['X_val']), request the data with "
-    "model.set_fit_request(X_val=True, y_val=True) and call "
-    "pipeline.fit(X, y, X_val=X_val, y_val=y_val) (see the user guide's "
-    "'Early stopping' section)."
-)
-
-
-def _holds_non_numbers(X):
-    if sp.issparse(X):
-        return False
-    try:
-        return np.asarray(X).dtype.kind in "OUSV"
-    except (TypeError, ValueError):
-        return True
 
 
 class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
@@ -284,11 +265,11 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
         )
 
         if early_stopping and validation is None:
-            X, y, sample_weight, validation = self._split_validation(
-                X, y, sample_weight, rng
+            X, y, sample_weight, validation = split_validation(
+                self, X, y, sample_weight, rng
             )
         elif validation is not None:
-            validation = self._validate_validation_set(*validation)
+            validation = checked_validation_set(self, *validation)
 
         config = self._optimization_config(
             loss if not continuing else self._loss,
@@ -411,7 +392,7 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
         the frames from there to the user's call.
         """
         score = (
-            self._validation_scorer(trainer, validation)
+            validation_scorer(self, trainer, validation)
             if rule.early_stopping
             else None
         )
@@ -421,7 +402,7 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
             rng,
             rule,
             validation_score=score,
-            validation_label=self._validation_label(),
+            validation_label=validation_label(self),
             verbose=self.verbose,
             **options,
         )
@@ -499,87 +480,6 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
         if self.early_stopping == "auto":
             return validation is not None or n_samples > AUTO_EARLY_STOPPING_MIN_SAMPLES
         return self.early_stopping
-
-    def _split_validation(self, X, y, sample_weight, rng):
-        stratify = y if is_classifier(self) else None
-        try:
-            split = train_test_split(
-                X,
-                y,
-                sample_weight,
-                test_size=self.validation_fraction,
-                stratify=stratify,
-                random_state=rng,
-            )
-        except ValueError as error:
-            # scikit-learn's message speaks of groups and test sizes
-            raise ValueError(
-                "Early stopping could not set aside a validation part of "
-                f"validation_fraction={self.validation_fraction} of the training "
-                f"data, stratified by class: {error} Pass early_stopping=False, a "
-                "larger validation_fraction, or your own X_val and y_val."
-            ) from error
-        X_train, X_val, y_train, y_val, w_train, w_val = split
-        if X_val.shape[0] == 0:
-            raise ValueError(
-                f"validation_fraction={self.validation_fraction} leaves no sample "
-                "for validation; raise it or pass X_val and y_val."
-            )
-        return X_train, y_train, w_train, (X_val, y_val, w_val)
-
-    def _validate_validation_set(self, X_val, y_val, sample_weight_val):
-        if X_val is None or y_val is None:
-            missing = "y_val" if y_val is None else "X_val"
-            raise ValueError(f"{missing} is needed too when the other is passed.")
-        try:
-            X_val = self._validate_data(X_val, reset=False)
-        except ValueError as error:
-            if _holds_non_numbers(X_val):
-                raise ValueError(UNTRANSFORMED_X_VAL.format(error=error)) from error
-            raise
-        y_val = np.asarray(y_val)
-        if y_val.ndim != 1:
-            y_val = y_val.ravel()
-        check_consistent_length(X_val, y_val)
-        if not is_classifier(self) and not np.all(np.isfinite(y_val.astype(float))):
-            raise ValueError("Input y_val contains NaN or infinity.")
-        sample_weight_val = _check_sample_weight(
-            sample_weight_val, X_val, dtype=np.float64, ensure_non_negative=True
-        )
-        return X_val, y_val, sample_weight_val
-
-    def _validation_label(self):
-        """How ``verbose`` names the validation score."""
-        return self.scoring if isinstance(self.scoring, str) else None
-
-    def _validation_scorer(self, trainer, validation):
-        """A callable returning the validation score of ``trainer``'s network."""
-        X_val, y_val, sample_weight_val = validation
-        if self.scoring == "loss":
-            data = TrainingData.build(
-                as_active_features(X_val),
-                self._encode_target(y_val),
-                sample_weight_val,
-                trainer.device,
-            )
-            scale = self._loss_scale()
-            return lambda: -scale * trainer.mean_loss(data)
-
-        scorer = check_scoring(self, scoring=self.scoring)
-        # a user's scorer(estimator, X, y) need not take sample_weight
-        weights = (
-            {}
-            if np.all(sample_weight_val == 1)
-            else {"sample_weight": sample_weight_val}
-        )
-
-        def score():
-            # a shallow copy that predicts with the network being trained
-            view = copy.copy(self)
-            view.module_ = trainer.prediction_module
-            return scorer(view, X_val, y_val, **weights)
-
-        return score
 
     def _check_architecture_unchanged(self):
         module = self._trainer.module

@@ -195,6 +195,8 @@ import numpy as np
 from skafm import AFMRegressor
 
 warnings.simplefilter("ignore")
+# a process started in the background inherits SIGINT ignored: take it back
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class CtrlC(importlib.abc.MetaPathFinder):
