@@ -30,7 +30,7 @@ class AttentionPooling(torch.autograd.Function):
     without any (rows, pairs, k) tensor:
 
     - the attention network runs once per group of identical pairs
-      (:class:`PairGroups`), on a (groups, k) matrix;
+      (:class:`.grouping.TrainingGroups`), on a (groups, k) matrix;
     - the weighted sum over pairs is ``sum_i e_i * (A e)_i`` with A the
       row's (width, width) upper-triangular matrix of attention weights, a
       per-row product of small matrices, and its backward pass is two more;
