@@ -55,6 +55,10 @@ sphinx_gallery_conf = {
     "within_subsection_order": "FileNameSortKey",
     "abort_on_example_error": True,
     "plot_gallery": "True",
+    # the time an example took on the machine that built the docs says
+    # nothing about skafm's speed on the reader's (benchmarks/README.md does)
+    "min_reported_time": float("inf"),
+    "write_computation_times": False,
 }
 
 # examples run short fits on purpose

@@ -21,7 +21,9 @@ from skafm.datasets import make_interaction_data
 X, y, pairs = make_interaction_data(
     12000, n_fields=8, n_categories=8, task="classification", random_state=0
 )
-X_train, X_test, y_train, y_test = train_test_split(X, y, stratify=y, random_state=0)
+X_train, X_test, y_train, y_test = train_test_split(
+    X, y, stratify=y, random_state=0
+)
 models = {
     "AFM": AFMClassifier(random_state=0),
     "logistic regression": LogisticRegression(max_iter=1000),

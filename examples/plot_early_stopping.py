@@ -36,7 +36,9 @@ common = dict(
 )
 stopped = AFMRegressor(early_stopping=True, n_iter_no_change=5, **common)
 stopped.fit(X_train, y_train)
-full = AFMRegressor(early_stopping=False, tol=0.0, **common).fit(X_train, y_train)
+full = AFMRegressor(early_stopping=False, tol=0.0, **common).fit(
+    X_train, y_train
+)
 for name, model in [("early stopping", stopped), ("no stopping", full)]:
     score = model.score(X_test, y_test)
     print(f"{name:<15} {model.n_iter_} epochs, test R2 {score:.3f}")

@@ -17,7 +17,9 @@ from sklearn.model_selection import GridSearchCV, train_test_split
 from skafm import AFMRegressor
 from skafm.datasets import make_interaction_data
 
-X, y, _ = make_interaction_data(4000, n_fields=6, n_categories=6, random_state=0)
+X, y, _ = make_interaction_data(
+    4000, n_fields=6, n_categories=6, random_state=0
+)
 X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0)
 
 grid = {"dropout": [0.0, 0.3, 0.6], "n_factors": [4, 16, 32]}
@@ -25,7 +27,9 @@ search = GridSearchCV(
     AFMRegressor(max_iter=30, random_state=0), grid, cv=3, n_jobs=2
 ).fit(X_train, y_train)
 print("best:", search.best_params_, f"CV R2 {search.best_score_:.3f}")
-print(f"test R2 of the refitted best model: {search.score(X_test, y_test):.3f}")
+print(
+    f"test R2 of the refitted best model: {search.score(X_test, y_test):.3f}"
+)
 
 # %%
 results = pd.DataFrame(search.cv_results_)

@@ -19,7 +19,11 @@ from skafm.datasets import make_interaction_data
 from skafm.inspection import InteractionDisplay, explain
 
 X_onehot, y, pairs = make_interaction_data(
-    8000, n_fields=6, n_categories=6, interactions=[(0, 3), (2, 5)], random_state=0
+    8000,
+    n_fields=6,
+    n_categories=6,
+    interactions=[(0, 3), (2, 5)],
+    random_state=0,
 )
 # back to one categorical column per field, to let a OneHotEncoder name them
 X = X_onehot.toarray().reshape(len(y), 6, 6).argmax(axis=2)
@@ -44,5 +48,7 @@ for field_a, field_b, value in display.importance.top_field_pairs(3):
 # the parts add up to the prediction.
 explanation = explain(model, frame.iloc[:1])
 print(explanation.rows)
-top = explanation.pairs.sort_values("contribution", key=np.abs, ascending=False)
+top = explanation.pairs.sort_values(
+    "contribution", key=np.abs, ascending=False
+)
 print(top[["name_a", "name_b", "attention", "contribution"]].head(5))

@@ -26,7 +26,9 @@ rng = np.random.RandomState(0)
 n_samples = 6000
 X = np.column_stack(
     [
-        rng.choice(["mon", "tue", "wed", "thu", "fri", "sat", "sun"], n_samples),
+        rng.choice(
+            ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], n_samples
+        ),
         rng.choice(["morning", "noon", "evening", "night"], n_samples),
         rng.choice(["phone", "tablet", "laptop"], n_samples),
     ]
@@ -57,7 +59,9 @@ print(f"Ridge test R2: {linear.score(X_test, y_test):.3f}")
 # Predictions against the truth: the linear model's predictions spread over
 # each true level, the AFM's sit on it.
 fig, axes = plt.subplots(1, 2, figsize=(8, 3.5), sharey=True)
-for ax, (name, model) in zip(axes, [("Ridge", linear), ("AFM", afm)], strict=True):
+for ax, (name, model) in zip(
+    axes, [("Ridge", linear), ("AFM", afm)], strict=True
+):
     ax.scatter(y_test, model.predict(X_test), s=4, alpha=0.3)
     ax.set(title=name, xlabel="true y")
 axes[0].set_ylabel("predicted y")

@@ -403,6 +403,7 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
             rule,
             validation_score=score,
             validation_label=validation_label(self),
+            loss_scale=self._loss_scale(),
             verbose=self.verbose,
             **options,
         )

@@ -414,6 +414,7 @@ def fit_epochs(
     *,
     validation_score=None,
     validation_label=None,
+    loss_scale=1.0,
     verbose=0,
     first_epoch=1,
     score_to_beat=None,
@@ -446,6 +447,11 @@ def fit_epochs(
         What the validation score is, for ``verbose``: ``"loss"`` prints the
         loss itself (the score is its negative); a scorer's name prints as
         ``validation <name>``; None as ``validation score``.
+    loss_scale : float
+        Factor that puts the training objective in the units of the
+        estimator's ``loss_curve_`` (the regressor's target is standardised
+        in training), so that ``verbose`` prints it in the units of the
+        validation loss.
     warning_stacklevel : int
         ``stacklevel`` of the interruption warning, so that it points at the
         user's call.
@@ -504,7 +510,12 @@ def fit_epochs(
         if verbose:
             print(
                 epoch_line(
-                    epoch, last_epoch, loss, score, validation_label, epoch_seconds
+                    epoch,
+                    last_epoch,
+                    loss_scale * loss,
+                    score,
+                    validation_label,
+                    epoch_seconds,
                 )
             )
 

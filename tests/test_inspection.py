@@ -177,3 +177,65 @@ def test_display_renders_to_png(tmp_path, planted_regression):
     display.figure_.savefig(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     matplotlib.pyplot.close(display.figure_)
+
+
+def test_top_pairs_list_only_field_pairs_that_occur(fitted_regressor):
+    model, X = fitted_regressor
+    importance = interaction_importance(model, X[:300], groups=fields_of(6, 5))
+    top = importance.top_field_pairs(100)
+    # six one-hot fields: 15 pairs of distinct fields, none of a field with itself
+    assert len(top) == 15
+    assert all(a != b for a, b, _ in top)
+    assert np.all(np.diag(importance.field_pair_counts) == 0)
+    np.testing.assert_array_equal(
+        importance.field_pair_counts, importance.field_pair_counts.T
+    )
+    # every row holds one feature of each field: each pair once per row
+    assert np.all(importance.field_pair_counts[np.triu_indices(6, 1)] == 300)
+
+
+def test_a_multi_hot_field_pairs_with_itself_and_is_labelled_within():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    rng = np.random.default_rng(0)
+    n = 400
+    # columns 0-2: one-hot "user"; columns 3-6: multi-hot "genre"
+    user = np.eye(3)[rng.integers(0, 3, n)]
+    genre = (rng.random((n, 4)) < 0.5).astype(float)
+    X = sp.csr_matrix(np.hstack([user, genre]))
+    y = X @ rng.normal(size=7) + genre[:, 0] * genre[:, 1]
+    model = AFMRegressor(**FAST).fit(X, y)
+    groups = ["user"] * 3 + ["genre"] * 4
+    display = InteractionDisplay.from_estimator(model, X, groups=groups, top_n=10)
+    pairs = {(a, b) for a, b, _ in display.importance.top_field_pairs(10)}
+    assert pairs == {("user", "genre"), ("genre", "genre")}
+    labels = {label.get_text() for label in display.ax_[1].get_yticklabels()}
+    assert labels == {"user x genre", "genre (within)"}
+    # the heatmap leaves user x user blank: it never occurs
+    shown = display.heatmap_.get_array()
+    names = list(display.importance.field_names)
+    assert shown.mask[names.index("user"), names.index("user")]
+    assert not shown.mask[names.index("genre"), names.index("genre")]
+    matplotlib.pyplot.close(display.figure_)
+
+
+@pytest.mark.parametrize(
+    "figure_options",
+    [None, {"figsize": (5, 3)}, {"figsize": (6, 4), "layout": "constrained"}],
+)
+def test_display_titles_fit_in_the_figure(fitted_regressor, figure_options):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model, X = fitted_regressor
+    groups = [f"a_long_field_name_{column // 5}" for column in range(30)]
+    ax = None if figure_options is None else plt.subplots(1, 2, **figure_options)[1]
+    display = InteractionDisplay.from_estimator(model, X[:200], groups=groups, ax=ax)
+    figure = display.figure_
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    heat_title, bar_title = (a.title.get_window_extent(renderer) for a in display.ax_)
+    assert heat_title.x0 >= figure.bbox.x0 and bar_title.x1 <= figure.bbox.x1
+    assert heat_title.x1 < bar_title.x0
+    plt.close(figure)

@@ -245,6 +245,24 @@ def test_verbose_one_line_per_epoch_with_validation(split):
     assert lines[0].endswith(" left)") and lines[-1].endswith(" s")
 
 
+def test_verbose_prints_the_training_loss_in_the_units_of_loss_curve(split):
+    X_train, X_val, y_train, y_val = split
+    out = io.StringIO()
+    with redirect_stdout(out):
+        # targets in thousands: a standardised loss would be ~10^6 too small
+        model = AFMRegressor(**{**FAST, "max_iter": 3}, verbose=1).fit(
+            X_train, 1000 * y_train, X_val=X_val, y_val=1000 * y_val
+        )
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("Epoch")]
+    printed = [float(line.split(", loss = ")[1].split(",")[0]) for line in lines]
+    np.testing.assert_allclose(printed, model.loss_curve_, rtol=1e-5)
+    validation = [
+        float(line.split("validation loss = ")[1].split(",")[0]) for line in lines
+    ]
+    # both in squared thousands: the same order of magnitude
+    assert 0.01 < printed[-1] / validation[-1] < 100
+
+
 def test_verbose_names_a_scorer():
     X, y, _ = make_interaction_data(300, n_fields=4, n_categories=3, random_state=0)
     out = io.StringIO()

@@ -74,7 +74,8 @@ def iter_svmlight_chunks(
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     path = os.path.join(folder, "data.libfm")
     ...     dump_svmlight_file(X, y, path, zero_based=True)
-    ...     sizes = [len(y) for _, y in iter_svmlight_chunks(path, 6, chunk_bytes=20)]
+    ...     chunks = iter_svmlight_chunks(path, 6, chunk_bytes=20)
+    ...     sizes = [len(y) for _, y in chunks]
     >>> sum(sizes), len(sizes) > 1
     (6, True)
     """

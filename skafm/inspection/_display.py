@@ -9,7 +9,9 @@ class InteractionDisplay:
     """Field-by-field importance heatmap and a bar chart of the top pairs.
 
     Build it with :meth:`from_estimator`; matplotlib is imported only when
-    plotting.
+    plotting. Field pairs that never occur in the data (a one-hot field with
+    itself) are left blank in the heatmap and out of the bar chart; a field
+    paired with itself (a multi-hot field) is labelled "within".
 
     Parameters
     ----------
@@ -17,7 +19,7 @@ class InteractionDisplay:
         Output of :func:`skafm.inspection.interaction_importance`.
 
     top_n : int, default=10
-        Number of field pairs in the bar chart.
+        Most field pairs in the bar chart (fewer when fewer occur).
 
     Attributes
     ----------
@@ -34,7 +36,8 @@ class InteractionDisplay:
     >>> from skafm import AFMRegressor
     >>> from skafm.datasets import make_interaction_data
     >>> from skafm.inspection import InteractionDisplay
-    >>> X, y, _ = make_interaction_data(500, n_fields=4, n_categories=3, random_state=0)
+    >>> X, y, _ = make_interaction_data(
+    ...     500, n_fields=4, n_categories=3, random_state=0)
     >>> model = AFMRegressor(max_iter=5, random_state=0).fit(X, y)
     >>> fields = [f"f{column // 3}" for column in range(12)]
     >>> display = InteractionDisplay.from_estimator(model, X, groups=fields)
@@ -63,7 +66,7 @@ class InteractionDisplay:
         feature_names : array-like of str, default=None
             Names of the model's input columns.
         top_n : int, default=10
-            Number of field pairs in the bar chart.
+            Most field pairs in the bar chart (fewer when fewer occur).
         ax : sequence of two matplotlib Axes, default=None
             Where to draw; a new figure when None.
 
@@ -100,20 +103,25 @@ class InteractionDisplay:
             )
         ax = np.asarray(ax)
         heat_ax, bar_ax = ax
-        matrix = self.importance.field_importance
-        names = [str(name) for name in self.importance.field_names]
+        importance = self.importance
+        matrix = importance.field_importance
+        if importance.field_pair_counts is not None:
+            matrix = np.ma.masked_where(importance.field_pair_counts == 0, matrix)
+        names = [str(name) for name in importance.field_names]
         self.heatmap_ = heat_ax.imshow(matrix, cmap=cmap)
         heat_ax.set_xticks(range(len(names)), labels=names, rotation=90)
         heat_ax.set_yticks(range(len(names)), labels=names)
-        heat_ax.set_title("Interaction importance by field pair")
+        # short and wrapped: a long title is cut off by the figure's edge
+        # when the heatmap's axes are narrow
+        heat_ax.set_title("Importance by field pair", wrap=True)
         heat_ax.figure.colorbar(self.heatmap_, ax=heat_ax, label="mean |contribution|")
 
-        top = self.importance.top_field_pairs(self.top_n)[::-1]
-        labels = [f"{a} x {b}" for a, b, _ in top]
+        top = importance.top_field_pairs(self.top_n)[::-1]
+        labels = [f"{a} (within)" if a == b else f"{a} x {b}" for a, b, _ in top]
         self.bars_ = bar_ax.barh(range(len(top)), [value for _, _, value in top])
         bar_ax.set_yticks(range(len(top)), labels=labels)
         bar_ax.set_xlabel("mean |contribution|")
-        bar_ax.set_title(f"Top {len(top)} field pairs")
+        bar_ax.set_title(f"Top {len(top)} field pairs", wrap=True)
 
         self.ax_ = ax
         self.figure_ = heat_ax.figure

@@ -152,6 +152,12 @@ class InteractionImportance:
 
     field_of_feature : ndarray of int of shape (n_features,)
         The field of each feature.
+
+    field_pair_counts : ndarray of int of shape (n_fields, n_fields), default=None
+        How many times a pair of features of each pair of fields occurs in
+        the rows of the data (symmetric). A field pairs with itself only when
+        a row can hold two of its features (a multi-hot field); pairs that
+        never occur are left out of :meth:`top_field_pairs`.
     """
 
     feature_importance: sp.csr_matrix
@@ -159,9 +165,14 @@ class InteractionImportance:
     field_importance: np.ndarray
     field_names: np.ndarray
     field_of_feature: np.ndarray
+    field_pair_counts: np.ndarray = None
 
     def top_field_pairs(self, n=10):
         """The ``n`` most important field pairs, most important first.
+
+        Only pairs that occur in the data are listed, so there may be fewer
+        than ``n``; a field paired with itself (two features of one
+        multi-hot field in a row) appears as ``(field, field, importance)``.
 
         Parameters
         ----------
@@ -173,7 +184,14 @@ class InteractionImportance:
         pairs : list of tuple
             ``(field a, field b, importance)`` for each pair.
         """
-        return _top_pairs(self.field_importance, self.field_names, n)
+        rows, cols = np.triu_indices(len(self.field_names))
+        if self.field_pair_counts is not None:
+            occurs = self.field_pair_counts[rows, cols] > 0
+            rows, cols = rows[occurs], cols[occurs]
+        values = self.field_importance[rows, cols]
+        order = np.argsort(-values, kind="stable")[:n]
+        names = self.field_names
+        return [(names[rows[i]], names[cols[i]], values[i]) for i in order]
 
     def top_feature_pairs(self, n=10):
         """The ``n`` most important feature pairs, most important first.
@@ -228,7 +246,8 @@ def interaction_importance(estimator, X, *, groups=None, feature_names=None):
     >>> from skafm.datasets import make_interaction_data
     >>> from skafm.inspection import interaction_importance
     >>> X, y, pairs = make_interaction_data(
-    ...     2000, n_fields=5, n_categories=4, interactions=[(1, 3)], random_state=0)
+    ...     2000, n_fields=5, n_categories=4, interactions=[(1, 3)],
+    ...     random_state=0)
     >>> model = AFMRegressor(random_state=0).fit(X, y)
     >>> fields = {f"field{f}": range(4 * f, 4 * f + 4) for f in range(5)}
     >>> importance = interaction_importance(model, X, groups=fields)
@@ -242,7 +261,9 @@ def interaction_importance(estimator, X, *, groups=None, feature_names=None):
     names = feature_names_of(preprocessing, model, n_features, feature_names)
     field_of_feature, field_names = field_groups(preprocessing, names, groups)
 
+    n_fields = len(field_names)
     totals = sp.csr_matrix((n_features, n_features))
+    field_pair_counts = np.zeros((n_fields, n_fields), dtype=np.int64)
     n_rows = 0
     for part in iter_additive_parts(model, Xt):
         n_rows += len(part["rows"])
@@ -251,8 +272,14 @@ def interaction_importance(estimator, X, *, groups=None, feature_names=None):
             (magnitude, (part["feature_a"], part["feature_b"])),
             shape=(n_features, n_features),
         )
+        np.add.at(
+            field_pair_counts,
+            (field_of_feature[part["feature_a"]], field_of_feature[part["feature_b"]]),
+            1,
+        )
     totals = (totals + totals.T).tocsr() / max(n_rows, 1)
-    n_fields = len(field_names)
+    field_pair_counts = field_pair_counts + field_pair_counts.T
+    field_pair_counts[np.diag_indices(n_fields)] //= 2
     coo = totals.tocoo()
     field_importance = np.zeros((n_fields, n_fields))
     np.add.at(
@@ -268,14 +295,8 @@ def interaction_importance(estimator, X, *, groups=None, feature_names=None):
         field_importance=field_importance,
         field_names=field_names,
         field_of_feature=field_of_feature,
+        field_pair_counts=field_pair_counts,
     )
-
-
-def _top_pairs(matrix, names, n):
-    rows, cols = np.triu_indices(len(names))
-    values = matrix[rows, cols]
-    order = np.argsort(-values, kind="stable")[:n]
-    return [(names[rows[i]], names[cols[i]], values[i]) for i in order]
 
 
 def _output_labels(model, n_outputs):
