@@ -19,6 +19,7 @@ import atexit
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -33,6 +34,11 @@ from pathlib import Path
 import torch
 
 from .exceptions import KernelBuildWarning
+
+# the build's one line goes through logging, which prints warnings to
+# stderr when the application configures nothing: visible by default, and
+# silenced with logging.getLogger("skafm").setLevel(logging.ERROR)
+logger = logging.getLogger("skafm")
 
 SOURCE = Path(__file__).with_name("_kernels.cpp")
 SWITCH = "SKAFM_NATIVE_KERNELS"
@@ -111,13 +117,8 @@ def built_library():
     build wait on a lock file for the one that compiles it.
     """
     torch_dir = Path(torch.__file__).parent
-    key = hashlib.sha256()
-    command = compile_command(torch_dir, "OUTPUT")
-    for part in (SOURCE.read_bytes(), torch.__version__, " ".join(command), _cpu()):
-        key.update(part if isinstance(part, bytes) else part.encode())
-    name = f"skafm_kernels_{key.hexdigest()[:20]}"
-    directory = build_directory()
-    target = directory / f"{name}.so"
+    target = library_path()
+    directory, name = target.parent, target.stem
     if verified(target):
         return target
     with build_lock(directory / f"{name}.lock"):
@@ -127,6 +128,16 @@ def built_library():
         _remove_leftovers(directory, name)
         _compile(torch_dir, directory, name, target)
     return target
+
+
+def library_path():
+    """Where the build for this source, torch, compiler command and CPU lies."""
+    torch_dir = Path(torch.__file__).parent
+    key = hashlib.sha256()
+    command = compile_command(torch_dir, "OUTPUT")
+    for part in (SOURCE.read_bytes(), torch.__version__, " ".join(command), _cpu()):
+        key.update(part if isinstance(part, bytes) else part.encode())
+    return build_directory() / f"skafm_kernels_{key.hexdigest()[:20]}.so"
 
 
 def rebuilt_library(library):
@@ -145,6 +156,14 @@ def _compile(torch_dir, directory, name, target):
         prefix=f"{name}.", suffix=".partial", dir=directory
     )
     os.close(handle)
+    logger.warning(
+        "skafm: compiling its CPU training kernels for torch %s into %s; this "
+        "happens once per torch version (`python -m skafm.build` does it ahead "
+        "of time)",
+        torch.__version__,
+        directory,
+    )
+    start = time.perf_counter()
     try:
         result = subprocess.run(
             compile_command(torch_dir, partial),
@@ -159,6 +178,7 @@ def _compile(torch_dir, directory, name, target):
         os.replace(partial, target)
         _write_atomically(_record_of(target), record)
         _sync_directory(directory)
+        logger.info("skafm: kernels compiled in %.1f s", time.perf_counter() - start)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial)

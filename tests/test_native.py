@@ -551,3 +551,50 @@ def test_a_verified_library_that_does_not_load_is_rebuilt_once(
         assert native.kernels() is None
     # built, failed to load, built again, failed again: no third try
     assert len(fake_compiler) == 2 and len(loads) == 2
+
+
+def test_the_first_build_says_what_it_is_doing_once(
+    fresh_build_state, fake_compiler, caplog
+):
+    with caplog.at_level("INFO", logger="skafm"):
+        native.built_library()
+        native.built_library()
+    said = [record for record in caplog.records if "compiling" in record.message]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    assert "python -m skafm.build" in said[0].message
+    assert any("compiled in" in record.message for record in caplog.records)
+
+
+def test_the_build_message_can_be_silenced(fresh_build_state, fake_compiler, caplog):
+    import logging
+
+    logger = logging.getLogger("skafm")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        native.built_library()
+    finally:
+        logger.setLevel(level)
+    assert not [r for r in caplog.records if r.name == "skafm"]
+
+
+def test_the_build_command_reports_a_ready_build(kernels, capsys):
+    from skafm.build import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "skafm kernels ready:" in out and "(already built)" in out
+    assert str(native.library_path()) in out
+
+
+def test_the_build_command_fails_clearly_without_a_compiler(
+    fresh_build_state, monkeypatch, capsys
+):
+    from skafm.build import main
+
+    monkeypatch.setenv("CXX", str(fresh_build_state / "no-such-compiler"))
+    assert main([]) == 1
+    assert "could not build" in capsys.readouterr().err
+    monkeypatch.setenv(native.SWITCH, "0")
+    assert main([]) == 1
+    assert "switches the kernels off" in capsys.readouterr().err
