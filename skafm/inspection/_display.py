@@ -121,7 +121,9 @@ class InteractionDisplay:
         self.bars_ = bar_ax.barh(range(len(top)), [value for _, _, value in top])
         bar_ax.set_yticks(range(len(top)), labels=labels)
         bar_ax.set_xlabel("mean |contribution|")
-        bar_ax.set_title(f"Top {len(top)} field pairs", wrap=True)
+        # right-aligned: long pair labels can leave the bars' axes narrower
+        # than the title, which centred would run past the figure's edge
+        bar_ax.set_title(f"Top {len(top)} field pairs", loc="right", wrap=True)
 
         self.ax_ = ax
         self.figure_ = heat_ax.figure
