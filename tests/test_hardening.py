@@ -134,8 +134,27 @@ def test_a_run_that_only_grew_its_loss_raises():
 def test_a_loss_that_recovers_from_unscaled_features_is_kept():
     rng = np.random.RandomState(0)
     X = rng.normal(loc=100, size=(100, 2))
-    model = AFMRegressor(random_state=0, max_iter=30).fit(X, rng.normal(size=100))
+    # Adam's small steps recover from features of 100; the default Adagrad's
+    # steps of 0.05 times the feature's value do not, and are refused (below)
+    model = AFMRegressor(
+        optimizer="adam", learning_rate_init=1e-3, random_state=0, max_iter=30
+    ).fit(X, rng.normal(size=100))
     assert np.isfinite(model.predict(X)).all()
+
+
+def test_the_defaults_refuse_unscaled_features_and_say_to_scale_them():
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.RandomState(0)
+    X = rng.normal(loc=100, size=(100, 2))
+    y = rng.normal(size=100)
+    model = AFMRegressor(random_state=0, max_iter=30)
+    with pytest.raises(TrainingDivergedError, match="MaxAbsScaler"):
+        model.fit(X, y)
+    assert not hasattr(model, "module_")
+    scaled = make_pipeline(StandardScaler(), model).fit(X, y)
+    assert np.isfinite(scaled.predict(X)).all()
 
 
 def test_ctrl_c_in_the_validation_scorer_keeps_the_best_weights(planted_regression):
