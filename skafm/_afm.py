@@ -453,9 +453,20 @@ class AFMRegressor(RegressorMixin, BaseAFM):
         """
         return self._fit(X, y, sample_weight, incremental=True)
 
-    def _init_target_encoding(self, y, sample_weight, classes=None):
+    def _init_target_encoding(self, y, sample_weight, classes=None, collective=None):
         y = np.asarray(y, dtype=np.float64)
-        largest = np.abs(y).max(initial=0.0)
+
+        def largest_of(values):
+            largest = np.abs(values).max(initial=0.0)
+            return largest if collective is None else float(collective.max(largest))
+
+        def average(values):
+            if collective is None:
+                return np.average(values, weights=sample_weight)
+            sums = collective.sum([np.dot(values, sample_weight), sample_weight.sum()])
+            return sums[0] / sums[1]
+
+        largest = largest_of(y)
         if largest > MAX_TARGET:
             raise ValueError(
                 f"The target reaches {largest:.3g}, beyond the {MAX_TARGET:.0e} "
@@ -463,15 +474,13 @@ class AFMRegressor(RegressorMixin, BaseAFM):
                 "the target is out of range. Rescale it (e.g. divide it by a "
                 "constant or fit on its logarithm)."
             )
-        mean = np.average(y, weights=sample_weight)
+        mean = average(y)
         deviations = y - mean
         # the squares of deviations under 1e-154 underflow: scaled first
-        largest_deviation = np.abs(deviations).max(initial=0.0)
+        largest_deviation = largest_of(deviations)
         if largest_deviation > 0:
             relative = deviations / largest_deviation
-            scale = largest_deviation * np.sqrt(
-                np.average(relative**2, weights=sample_weight)
-            )
+            scale = largest_deviation * np.sqrt(average(relative**2))
         else:
             scale = 0.0
         if not np.isfinite(scale) or scale <= 0:
@@ -714,11 +723,18 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
                 )
         return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
-    def _init_target_encoding(self, y, sample_weight, classes=None):
+    def _init_target_encoding(self, y, sample_weight, classes=None, collective=None):
         check_classification_targets(y)
         if classes is None:
             classes = np.unique(y)
             weighted = np.unique(np.searchsorted(classes, y)[sample_weight > 0])
+            if collective is not None:
+                # the labels of all workers' rows, and those with weight
+                parts = collective.gather_objects((classes, classes[weighted]))
+                classes = np.unique(np.concatenate([part[0] for part in parts]))
+                weighted = np.searchsorted(
+                    classes, np.unique(np.concatenate([part[1] for part in parts]))
+                )
             if len(weighted) < 2:
                 raise ValueError(
                     f"{type(self).__name__} needs samples of at least 2 classes with "
@@ -734,6 +750,8 @@ class AFMClassifier(ClassifierMixin, BaseAFM):
         self.classes_ = classes
         encoded = self._encode_target(y).astype(np.int64)
         prior = np.bincount(encoded, weights=sample_weight, minlength=len(classes))
+        if collective is not None:
+            prior = collective.sum(prior)
         prior = np.clip(prior / prior.sum(), 1e-6, 1.0)
         if len(classes) == 2:
             return 1, "log_loss", np.log(prior[1:] / prior[0])

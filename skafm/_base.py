@@ -21,6 +21,7 @@ from sklearn.utils.validation import (
 )
 
 from ._batching import as_active_features, mean_pair_count
+from ._collective import total
 from ._device import resolve_device
 from ._nn import AttentionalFactorizationMachine
 from ._nn.inference import predict_raw
@@ -47,6 +48,17 @@ ACCEPTED_SPARSE_FORMATS = ("csr", "csc", "coo")
 # otherwise take under AUTO_MIN_STEPS optimizer steps per epoch
 AUTO_BATCH_SIZE = 256
 AUTO_MIN_STEPS = 10
+
+
+def worker_rng(rng, rank):
+    """A random state of a worker's own, drawn without advancing ``rng``.
+
+    The workers of a data-parallel fit share ``rng`` (their models start
+    alike and they draw one batch order); what each does on its own rows,
+    as setting aside its part of the validation data, must differ.
+    """
+    seed = copy.deepcopy(rng).randint(np.iinfo(np.int32).max)
+    return np.random.RandomState(np.random.SeedSequence([seed, rank]).generate_state(1))
 
 
 def average_decay(window, n_samples, batch_size):
@@ -175,9 +187,10 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
     # -- target encoding, provided by the regressor and the classifier --------
 
     @abstractmethod
-    def _init_target_encoding(self, y, sample_weight, classes=None):
+    def _init_target_encoding(self, y, sample_weight, classes=None, collective=None):
         """Set the target's fitted attributes on a first fit.
 
+        With ``collective``, from the targets of all workers' rows.
         Returns ``(n_outputs, loss, initial_bias)``.
         """
 
@@ -237,8 +250,22 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
             return self._fit_unguarded(X, y, sample_weight, **kwargs)
 
     def _fit_unguarded(
-        self, X, y, sample_weight, *, validation=None, incremental=False, classes=None
+        self,
+        X,
+        y,
+        sample_weight,
+        *,
+        validation=None,
+        incremental=False,
+        classes=None,
+        collective=None,
     ):
+        """One fit, partial_fit or warm-started fit.
+
+        ``collective`` makes it one worker's part of a data-parallel fit
+        (:mod:`skafm.distributed`): ``X`` and ``validation`` hold this
+        worker's rows, and every data-wide figure is reduced over the workers.
+        """
         continuing = (self.warm_start or incremental) and hasattr(self, "_trainer")
         X, y = self._validate_data(X, y, reset=not continuing)
         sample_weight = _check_sample_weight(
@@ -251,10 +278,10 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
             self._check_architecture_unchanged()
         else:
             n_outputs, loss, initial_bias = self._init_target_encoding(
-                y, sample_weight, classes
+                y, sample_weight, classes, collective
             )
         early_stopping = self._early_stopping_enabled(
-            X.shape[0], validation, incremental
+            int(total(collective, X.shape[0])), validation, incremental
         )
         device = resolve_device(self.device)
         rng = (
@@ -266,18 +293,27 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
 
         if early_stopping and validation is None:
             X, y, sample_weight, validation = split_validation(
-                self, X, y, sample_weight, rng
+                self,
+                X,
+                y,
+                sample_weight,
+                rng if collective is None else worker_rng(rng, collective.rank),
             )
         elif validation is not None:
             validation = checked_validation_set(self, *validation)
 
         config = self._optimization_config(
             loss if not continuing else self._loss,
-            n_samples=X.shape[0],
+            n_samples=int(total(collective, X.shape[0])),
             early_stopping=early_stopping,
+            n_workers=1 if collective is None else collective.size,
         )
         data = TrainingData.build(
-            as_active_features(X), self._encode_target(y), sample_weight, device
+            as_active_features(X),
+            self._encode_target(y),
+            sample_weight,
+            device,
+            collective,
         )
         rule = StoppingRule(
             max_iter=1 if incremental else self.max_iter,
@@ -311,7 +347,7 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
                 X.shape[1], fm_network.n_outputs, [0.0] * fm_network.n_outputs, rng
             )
             module.start_from_factorization_machine(
-                fm_network, mean_pair_count(data.widths)
+                fm_network, mean_pair_count(data.all_widths)
             )
             trainer = Trainer(module.to(device), config)
         elif not continuing:
@@ -392,7 +428,7 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
         the frames from there to the user's call.
         """
         score = (
-            validation_scorer(self, trainer, validation)
+            validation_scorer(self, trainer, validation, data.collective)
             if rule.early_stopping
             else None
         )
@@ -522,8 +558,9 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
         # small data sets still get AUTO_MIN_STEPS steps per epoch
         return max(1, min(AUTO_BATCH_SIZE, n_samples // AUTO_MIN_STEPS))
 
-    def _optimization_config(self, loss, n_samples, early_stopping):
-        batch_size = self._batch_size(n_samples)
+    def _optimization_config(self, loss, n_samples, early_stopping, n_workers=1):
+        # batch_size is each worker's: a step of n workers takes n batches
+        batch_size = n_workers * self._batch_size(n_samples // n_workers)
         return OptimizationConfig(
             loss=loss,
             optimizer=self.optimizer,

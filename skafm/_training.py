@@ -23,6 +23,7 @@ from ._batching import (
     pair_floats,
     row_widths,
 )
+from ._collective import Shard, total
 from ._imports import import_lazy_modules
 from ._nn import ops
 from ._nn.inference import predicted_chunks
@@ -71,20 +72,32 @@ class StoppingRule:
 
 @dataclass
 class TrainingData:
-    """Rows, targets and weights of one data set, ready for the trainer."""
+    """Rows, targets and weights of one data set, ready for the trainer.
+
+    In a data-parallel fit ``shard`` places these rows among those of all
+    workers, and the data-wide figures (sample count, mean weight, feature
+    counts, batch order) are those of all workers' rows together.
+    """
 
     X_csr: object
     target: torch.Tensor
     weight: torch.Tensor
+    shard: Shard = None
 
     @classmethod
-    def build(cls, X_csr, target, sample_weight, device):
+    def build(cls, X_csr, target, sample_weight, device, collective=None):
+        shard = None
+        if collective is not None:
+            shard = Shard.build(collective, X_csr.shape[0], row_widths(X_csr))
         # dividing by the mean weight makes unit weights give the plain mean
         # and leaves training unchanged when all weights are scaled alike;
         # done in float64, before weights of 1e-300 or 1e300 meet float32
         weight = np.asarray(sample_weight, dtype=np.float64)
-        mean = weight.mean() if weight.size else 1.0
-        if weight.size and not mean > 0.0:
+        weight_sum, count = weight.sum(), weight.size
+        if collective is not None:
+            weight_sum, count = collective.sum([weight_sum, count])
+        mean = weight_sum / count if count else 1.0
+        if count and not mean > 0.0:
             raise ValueError(
                 "sample_weight is zero for every sample: there is nothing to fit."
             )
@@ -92,22 +105,43 @@ class TrainingData:
             X_csr,
             torch.as_tensor(target, dtype=torch.float32, device=device),
             torch.as_tensor(weight / mean, dtype=torch.float32, device=device),
+            shard,
         )
 
     @property
+    def collective(self):
+        return None if self.shard is None else self.shard.collective
+
+    @property
     def n_samples(self):
-        return self.X_csr.shape[0]
+        """Rows of the data set (of all workers' parts together)."""
+        return self.X_csr.shape[0] if self.shard is None else self.shard.n_total
 
     def feature_counts(self):
         """Each feature's number of occurrences, weighted as the samples are."""
         X = self.X_csr
         weight = self.weight.cpu().numpy().astype(np.float64)
         rows = np.repeat(weight, np.diff(X.indptr))
-        return np.bincount(X.indices, weights=rows, minlength=X.shape[1])
+        counts = np.bincount(X.indices, weights=rows, minlength=X.shape[1])
+        return counts if self.shard is None else self.collective.sum(counts)
 
     @property
     def widths(self):
+        """Active features of each of the rows held here."""
         return row_widths(self.X_csr)
+
+    @property
+    def all_widths(self):
+        """Active features of each row of the data set, in the global order."""
+        return self.widths if self.shard is None else self.shard.all_widths
+
+    def local_rows(self, rows):
+        """Of a batch of global row numbers, the positions of those held here."""
+        return rows if self.shard is None else self.shard.local_rows(rows)
+
+    def total(self, value):
+        """``value`` summed over the workers' parts of the data set."""
+        return total(self.collective, value)
 
 
 @dataclass
@@ -282,21 +316,34 @@ class Trainer:
         """One pass over ``data``; returns the objective summed over samples."""
         config, module = self.config, self.module
         module.train()
-        total = torch.zeros((), device=self.device)
+        epoch_sum = torch.zeros((), device=self.device)
         shuffle_rng = rng if config.shuffle else None
+        # the batches of all workers' rows; each worker trains on its own
         batches = iter_row_batches(
-            data.n_samples, config.batch_size, shuffle_rng, data.widths
+            data.n_samples, config.batch_size, shuffle_rng, data.all_widths
         )
         widths = data.widths
         workspace = PairWorkspace()
         kernels = ops.batch_gathering_kernels()
+        collective = data.collective
+        # one worker adds the penalty that does not depend on the rows
+        adds_attention_penalty = config.attention_alpha > 0.0 and (
+            collective is None or collective.rank == 0
+        )
         touched = []
         try:
             for rows in batches:
                 self.optimizer.zero_grad(set_to_none=True)
+                local = data.local_rows(rows)
                 # a batch too big for memory is run in parts whose gradients
                 # add up to the whole batch's: the same step, bounded memory
-                parts = bounded_parts(rows, widths, self._floats_per_pair())
+                parts = (
+                    bounded_parts(local, widths, self._floats_per_pair())
+                    if len(local)
+                    else []
+                )
+                if not parts and adds_attention_penalty:
+                    (config.attention_alpha * module.attention_penalty()).backward()
                 for position, part in enumerate(parts):
                     batch = pad_rows(data.X_csr, part, kernels).to(self.device)
                     part_t = torch.from_numpy(part).to(self.device)
@@ -305,22 +352,74 @@ class Trainer:
                     )
                     weighted_sum = (data.weight[part_t] * sample_objective).sum()
                     objective = weighted_sum / len(rows)
-                    if position == 0 and config.attention_alpha > 0.0:
+                    if position == 0 and adds_attention_penalty:
                         objective = objective + (
                             config.attention_alpha * module.attention_penalty()
                         )
                     objective.backward()
-                    total += weighted_sum.detach()
+                    epoch_sum += weighted_sum.detach()
                     touched.append(batch.index.view(-1))
+                if collective is not None:
+                    touched = [self._reduce_gradients(touched, collective)]
                 self._step(touched)
-                touched.clear()
+                touched = []
                 if progress is not None:
                     progress.update(len(rows))
         finally:
             module.eval()
             if self.average is not None:
                 self.average.sync()
-        return total.item()
+        return data.total(epoch_sum.item())
+
+    def _reduce_gradients(self, touched, collective):
+        """Sum the step's gradients over the workers; returns the touched rows.
+
+        The tables' gradients are sparse: only the rows some worker's part of
+        the batch touched are exchanged. A parameter no worker computed a
+        gradient for keeps none, as in a local step.
+        """
+        device = self.device
+        for table in self.module.sparse_parameters():
+            if not table.requires_grad:
+                continue
+            if table.grad is None:
+                rows = torch.zeros(0, dtype=torch.int64, device=device)
+                values = table.new_zeros((0, table.shape[1]))
+            else:
+                grad = table.grad.coalesce()
+                rows, values = grad.indices()[0], grad.values()
+            rows = collective.concatenate(rows).to(device)
+            values = collective.concatenate(values).to(device)
+            table.grad = (
+                None
+                if rows.numel() == 0
+                else torch.sparse_coo_tensor(
+                    rows.unsqueeze(0), values, table.shape, check_invariants=False
+                )
+            )
+        dense = [p for p in self.module.dense_parameters() if p.requires_grad]
+        if dense:
+            flat = torch.cat(
+                [
+                    torch.ones(1, device=device)
+                    if p.grad is None
+                    else torch.zeros(1, device=device)
+                    for p in dense
+                ]
+                + [
+                    (torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1)
+                    for p in dense
+                ]
+            )
+            flat = collective.sum_tensor_(flat.to(collective.device)).to(device)
+            missing, grads = flat[: len(dense)], flat[len(dense) :]
+            for p, none_here in zip(dense, missing.tolist(), strict=True):
+                size = p.numel()
+                grad, grads = grads[:size], grads[size:]
+                # a gradient no worker computed stays None
+                p.grad = None if none_here == collective.size else grad.view_as(p)
+        local = torch.cat(touched) if touched else torch.zeros(0, dtype=torch.int64)
+        return collective.concatenate(distinct_values(local.to(device))).to(device)
 
     def _sample_objective(self, batch, target, generator, workspace):
         """Each row's loss plus its L2 penalty."""
@@ -358,13 +457,13 @@ class Trainer:
 
     def mean_loss(self, data):
         """Weighted mean loss of the predicting network on ``data``, no penalties."""
-        total = 0.0
+        loss_sum = 0.0
         with torch.inference_mode():
             for rows, output in predicted_chunks(self.prediction_module, data.X_csr):
                 rows_t = torch.from_numpy(rows).to(self.device)
                 losses = per_sample_loss(self.config.loss, output, data.target[rows_t])
-                total += (data.weight[rows_t] * losses).sum().item()
-        return total / data.n_samples
+                loss_sum += (data.weight[rows_t] * losses).sum().item()
+        return data.total(loss_sum) / data.n_samples
 
     def state(self):
         """All but the network, as tensors and plain values (for ``skafm.io``)."""
@@ -465,7 +564,10 @@ def fit_epochs(
     check_row_widths(data.widths, trainer._floats_per_pair())
     device = trainer.device
     generator = torch.Generator(device=device)
-    generator.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
+    seed = int(rng.randint(np.iinfo(np.int32).max))
+    # workers of one data-parallel fit drop out differently: rows of theirs at
+    # the same place in their parts share no mask
+    generator.manual_seed(seed if data.shard is None else seed + data.collective.rank)
     history = EpochHistory()
     best_score, best_weights, no_improvement = -np.inf, None, 0
     if score_to_beat is not None and rule.early_stopping:

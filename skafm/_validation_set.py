@@ -90,8 +90,14 @@ def validation_label(estimator):
     return estimator.scoring if isinstance(estimator.scoring, str) else None
 
 
-def validation_scorer(estimator, trainer, validation):
-    """A callable returning the validation score of ``trainer``'s network."""
+def validation_scorer(estimator, trainer, validation, collective=None):
+    """A callable returning the validation score of ``trainer``'s network.
+
+    With ``collective`` (a data-parallel fit), ``validation`` holds this
+    worker's part: the loss is summed over the workers' parts; a scorer,
+    which need not be a sum over rows, scores all parts gathered on every
+    worker.
+    """
     X_val, y_val, sample_weight_val = validation
     if estimator.scoring == "loss":
         data = TrainingData.build(
@@ -99,9 +105,26 @@ def validation_scorer(estimator, trainer, validation):
             estimator._encode_target(y_val),
             sample_weight_val,
             trainer.device,
+            collective,
         )
         scale = estimator._loss_scale()
         return lambda: -scale * trainer.mean_loss(data)
+
+    if collective is not None:
+        parts = collective.gather_objects(
+            (
+                sp.csr_matrix(X_val) if sp.issparse(X_val) else X_val,
+                y_val,
+                sample_weight_val,
+            )
+        )
+        X_val = (
+            sp.vstack([part[0] for part in parts], format="csr")
+            if sp.issparse(parts[0][0])
+            else np.concatenate([part[0] for part in parts])
+        )
+        y_val = np.concatenate([part[1] for part in parts])
+        sample_weight_val = np.concatenate([part[2] for part in parts])
 
     scorer = check_scoring(estimator, scoring=estimator.scoring)
     # a user's scorer(estimator, X, y) need not take sample_weight
