@@ -11,13 +11,27 @@ import pytest
 
 import skafm
 import skafm.datasets
+import skafm.distributed
 import skafm.exceptions
 import skafm.inspection
 import skafm.io
 
 docscrape = pytest.importorskip("numpydoc.docscrape")
 
-PUBLIC_MODULES = [skafm, skafm.datasets, skafm.exceptions, skafm.inspection, skafm.io]
+PUBLIC_MODULES = [
+    skafm,
+    skafm.datasets,
+    skafm.distributed,
+    skafm.exceptions,
+    skafm.inspection,
+    skafm.io,
+]
+try:
+    import skafm.onnx
+except ImportError:  # the optional extra is missing
+    pass
+else:
+    PUBLIC_MODULES.append(skafm.onnx)
 
 
 def public_objects():

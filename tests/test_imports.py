@@ -10,6 +10,7 @@ def test_importing_skafm_imports_no_optional_package():
     code = (
         "import sys\n"
         "import skafm, skafm.datasets, skafm.exceptions, skafm.inspection, skafm.io\n"
+        "import skafm.distributed\n"
         f"print(sorted(name for name in {OPTIONAL!r} if name in sys.modules))\n"
     )
     result = subprocess.run(
