@@ -80,6 +80,9 @@ def run_processes(tasks):
             done.add(rank)
             if rank == 0:
                 outcome = payload
+        # the workers are done: let them exit (and flush what they printed)
+        for process in processes:
+            process.join(timeout=10)
     finally:
         stop(processes)
     return outcome
