@@ -20,7 +20,7 @@ def to_onnx(estimator, *, input_format="sparse", opset=_graph.MIN_OPSET):
     ``offsets`` (int64, n_rows + 1: row i holds entries ``offsets[i]`` to
     ``offsets[i + 1]``), which are a ``scipy.sparse.csr_matrix``'s
     ``indices``, ``data`` and ``indptr``. ``input_format="dense"`` takes one
-    float32 tensor ``X`` of shape (n_rows, n_features_in_) instead. Explicit
+    float32 tensor ``X`` of shape ``(n_rows, n_features_in_)`` instead. Explicit
     zeros are not active features, as in ``predict``.
 
     Outputs are named as skl2onnx names them: the regressor's ``variable``
