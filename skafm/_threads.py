@@ -11,6 +11,9 @@ setting that the user owns.
 
 import contextlib
 import functools
+import math
+import os
+import time
 
 import torch
 from threadpoolctl import ThreadpoolController
@@ -36,3 +39,176 @@ def thread_limit(n_threads):
         return
     with _openmp_controller().limit(limits=n_threads):
         yield
+
+
+def _set_openmp_threads(n_threads):
+    """Set the calling thread's OpenMP thread count in every loaded runtime."""
+    for library in _openmp_controller().lib_controllers:
+        library.set_num_threads(n_threads)
+
+
+def adaptive_threads_enabled():
+    """Whether training may use fewer threads than its limit when that is faster.
+
+    ``SKAFM_ADAPTIVE_THREADS=0`` keeps the count fixed at the limit (for
+    benchmarks that time a given number of threads).
+    """
+    return os.environ.get("SKAFM_ADAPTIVE_THREADS", "1") != "0"
+
+
+# The count the last governor settled on, by the limit it ran under, and when:
+# a machine's load changes over seconds to minutes, not between two fits.
+_CHOICES = {}
+_CHOICE_LIFETIME = 60.0
+
+
+def _remember_choice(max_threads, n_threads, wait):
+    _CHOICES[max_threads] = (n_threads, wait, time.monotonic())
+
+
+def _recent_choice(max_threads):
+    """(thread count, windows to wait before the next try) or None."""
+    n_threads, wait, when = _CHOICES.get(max_threads, (None, None, -math.inf))
+    if time.monotonic() - when < _CHOICE_LIFETIME:
+        return n_threads, wait
+    return None
+
+
+class ThreadGovernor:
+    """Picks, while training runs, the thread count that steps fastest.
+
+    torch's CPU operations and skafm's kernels split each operation evenly
+    over their threads and wait for the last one. When other processes hold
+    some of the cores, a thread that is descheduled stalls every operation,
+    and an epoch on all threads can take several times as long as on the
+    cores that are free. The governor times the training steps in windows
+    (work per second, a row's work being its pairs plus its features), and
+    now and then runs one window with a neighbouring thread count: it moves
+    there when that window is faster by a margin, and otherwise comes back
+    and waits twice as long before the next try. A window that is much slower
+    than the one before it (load has changed) starts a try at once.
+
+    It never uses more threads than the limit it starts under (``n_threads``,
+    joblib's or threadpoolctl's limit, torch's setting), and on leaving it
+    restores the count it found. Results do not depend on the count: every
+    kernel's reductions are ordered independently of the threads.
+
+    Parameters
+    ----------
+    max_threads : int
+        The limit in force; 1 (or fewer) turns the governor off.
+    set_threads : callable, default=None
+        Called with a thread count to apply it; the calling thread's OpenMP
+        setting by default.
+    """
+
+    WINDOW_SECONDS = 0.2
+    WINDOW_STEPS = 2
+    GAIN_TO_MOVE = 1.05
+    DROP_TO_RETRY = 0.75
+    LONGEST_WAIT = 32
+
+    def __init__(self, max_threads, set_threads=None):
+        self.max_threads = max(int(max_threads), 1)
+        self.n_threads = self.max_threads
+        self._set_threads = set_threads or _set_openmp_threads
+        self._window_seconds = 0.0
+        self._window_work = 0.0
+        self._window_steps = 0
+        self._last_rate = None
+        self._trial = None  # (thread count tried from, its rate)
+        self._wait = 1
+        self._countdown = 2
+        self._direction = -1
+        # a fit soon after another starts where the last one settled: short
+        # fits (partial_fit, one-epoch warm starts) have no time to find it
+        remembered = _recent_choice(self.max_threads)
+        if remembered is not None:
+            n_threads, self._wait = remembered
+            self._countdown = self._wait
+            if n_threads != self.max_threads:
+                self._apply(n_threads)
+
+    @classmethod
+    def for_training(cls, device):
+        """The governor for a fit on ``device``: off on GPUs and when disabled."""
+        if torch.device(device).type != "cpu" or not adaptive_threads_enabled():
+            return cls(1)
+        return cls(torch.get_num_threads())
+
+    @property
+    def active(self):
+        return self.max_threads > 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.n_threads != self.max_threads:
+            self._apply(self.max_threads)
+
+    def record(self, seconds, work):
+        """Account one training step of ``seconds`` that did ``work``."""
+        if not self.active:
+            return
+        self._window_seconds += seconds
+        self._window_work += work
+        self._window_steps += 1
+        if (
+            self._window_seconds < self.WINDOW_SECONDS
+            or self._window_steps < self.WINDOW_STEPS
+        ):
+            return
+        rate = self._window_work / max(self._window_seconds, 1e-9)
+        self._window_seconds = self._window_work = 0.0
+        self._window_steps = 0
+        self._end_window(rate)
+
+    def _end_window(self, rate):
+        if self._trial is not None:
+            tried_from, rate_before = self._trial
+            self._trial = None
+            if rate > self.GAIN_TO_MOVE * rate_before:
+                self._last_rate = rate
+                if self._neighbour(self._direction) != self.n_threads:
+                    # keep going the same way soon: more cores may be taken
+                    # or free
+                    self._wait = 1
+                else:
+                    # the only way left is back where it was slower
+                    self._wait = min(2 * self._wait, self.LONGEST_WAIT)
+                    self._direction = -self._direction
+                _remember_choice(self.max_threads, self.n_threads, self._wait)
+            else:
+                self._apply(tried_from)
+                self._last_rate = rate_before
+                self._wait = min(2 * self._wait, self.LONGEST_WAIT)
+                _remember_choice(self.max_threads, tried_from, self._wait)
+                self._direction = -self._direction
+            self._countdown = self._wait
+            return
+        if self._last_rate is not None and rate < self.DROP_TO_RETRY * self._last_rate:
+            self._countdown, self._wait = 0, 1
+        self._last_rate = rate
+        self._countdown -= 1
+        if self._countdown <= 0:
+            self._try_neighbour(rate)
+
+    def _neighbour(self, direction):
+        step = max(1, self.n_threads // 4)
+        if direction < 0:
+            return max(1, self.n_threads - step)
+        return min(self.max_threads, self.n_threads + step)
+
+    def _try_neighbour(self, rate):
+        if self._neighbour(self._direction) == self.n_threads:
+            self._direction = -self._direction
+        target = self._neighbour(self._direction)
+        if target == self.n_threads:
+            return
+        self._trial = (self.n_threads, rate)
+        self._apply(target)
+
+    def _apply(self, n_threads):
+        self.n_threads = n_threads
+        self._set_threads(n_threads)

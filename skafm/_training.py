@@ -31,6 +31,7 @@ from ._nn.workspace import PairWorkspace
 from ._optim import LazyAdam
 from ._progress import progress_bar
 from ._sorting import distinct_values
+from ._threads import ThreadGovernor
 from .exceptions import TrainingDivergedError
 
 # Floats in one per-pair intermediate of a training (sub-)batch: 64 MB.
@@ -312,8 +313,12 @@ class Trainer:
                 if torch.is_tensor(value) and value.dim() > 0:
                     state[key] = value.to(device)
 
-    def run_epoch(self, data, rng, generator, progress=None):
-        """One pass over ``data``; returns the objective summed over samples."""
+    def run_epoch(self, data, rng, generator, progress=None, governor=None):
+        """One pass over ``data``; returns the objective summed over samples.
+
+        ``governor`` (a :class:`ThreadGovernor`) is told each step's time and
+        work, a row's work being its pairs plus its features.
+        """
         config, module = self.config, self.module
         module.train()
         epoch_sum = torch.zeros((), device=self.device)
@@ -323,6 +328,7 @@ class Trainer:
             data.n_samples, config.batch_size, shuffle_rng, data.all_widths
         )
         widths = data.widths
+        row_work = widths * (widths + 1) / 2.0 if governor is not None else None
         workspace = PairWorkspace()
         kernels = ops.batch_gathering_kernels()
         collective = data.collective
@@ -333,6 +339,7 @@ class Trainer:
         touched = []
         try:
             for rows in batches:
+                step_start = time.perf_counter()
                 self.optimizer.zero_grad(set_to_none=True)
                 local = data.local_rows(rows)
                 # a batch too big for memory is run in parts whose gradients
@@ -363,6 +370,10 @@ class Trainer:
                     touched = [self._reduce_gradients(touched, collective)]
                 self._step(touched)
                 touched = []
+                if row_work is not None:
+                    governor.record(
+                        time.perf_counter() - step_start, row_work[local].sum()
+                    )
                 if progress is not None:
                     progress.update(len(rows))
         finally:
@@ -580,64 +591,69 @@ def fit_epochs(
     epoch_seconds = []
     if validation_score is not None and validation_label is None:
         validation_label = "score"
-    for epoch in range(first_epoch, last_epoch + 1):
-        start = time.perf_counter()
-        try:
-            with progress_bar(data.n_samples, f"Epoch {epoch}", verbose >= 2) as bar:
-                epoch_sum = trainer.run_epoch(data, rng, generator, bar)
-            loss = trainer.mean_objective(epoch_sum, data.n_samples)
-            check_finite(loss, epoch)
-            # scored inside the guard: Ctrl-C during a slow scorer ends
-            # training as one during an epoch does (the epoch is not counted)
-            score = -loss if validation_score is None else validation_score()
-        except KeyboardInterrupt:
-            history.interrupted = True
-            warnings.warn(
-                f"Training interrupted by the user during epoch {epoch}; the model "
-                "keeps the best weights found so far.",
-                UserWarning,
-                stacklevel=warning_stacklevel,
-            )
-            break
-        if np.isnan(score):
-            raise ValueError(
-                f"The validation score is NaN at epoch {epoch}: early stopping "
-                "cannot compare epochs. Check the scoring function."
-            )
-        history.loss_curve.append(loss)
-        history.samples_seen += data.n_samples
-        if validation_score is not None:
-            history.validation_scores.append(score)
-        epoch_seconds.append(time.perf_counter() - start)
-        if verbose:
-            print(
-                epoch_line(
-                    epoch,
-                    last_epoch,
-                    loss_scale * loss,
-                    score,
-                    validation_label,
-                    epoch_seconds,
+    # one governor for all epochs: what it learns of the free cores carries over
+    with ThreadGovernor.for_training(device) as governor:
+        for epoch in range(first_epoch, last_epoch + 1):
+            start = time.perf_counter()
+            try:
+                show_bar = verbose >= 2
+                with progress_bar(data.n_samples, f"Epoch {epoch}", show_bar) as bar:
+                    epoch_sum = trainer.run_epoch(data, rng, generator, bar, governor)
+                loss = trainer.mean_objective(epoch_sum, data.n_samples)
+                check_finite(loss, epoch)
+                # scored inside the guard: Ctrl-C during a slow scorer ends
+                # training as one during an epoch does (the epoch is not counted)
+                score = -loss if validation_score is None else validation_score()
+            except KeyboardInterrupt:
+                history.interrupted = True
+                warnings.warn(
+                    f"Training interrupted by the user during epoch {epoch}; the model "
+                    "keeps the best weights found so far.",
+                    UserWarning,
+                    stacklevel=warning_stacklevel,
                 )
-            )
-
-        # the loss rule compares losses, the early stopping rule scores; both
-        # as "higher is better" so one bookkeeping serves the two
-        no_improvement = no_improvement + 1 if score < best_score + rule.tol else 0
-        if score > best_score:
-            best_score = score
-            history.best_epoch = len(history.loss_curve) - 1
-            if rule.early_stopping:
-                best_weights = trainer.weights()
-        if no_improvement >= rule.n_iter_no_change:
-            history.converged = True
+                break
+            if np.isnan(score):
+                raise ValueError(
+                    f"The validation score is NaN at epoch {epoch}: early stopping "
+                    "cannot compare epochs. Check the scoring function."
+                )
+            history.loss_curve.append(loss)
+            history.samples_seen += data.n_samples
+            if validation_score is not None:
+                history.validation_scores.append(score)
+            epoch_seconds.append(time.perf_counter() - start)
             if verbose:
-                watched = "Validation score" if rule.early_stopping else "Training loss"
                 print(
-                    f"{watched} did not improve more than tol={rule.tol} for "
-                    f"{rule.n_iter_no_change} consecutive epochs. Stopping."
+                    epoch_line(
+                        epoch,
+                        last_epoch,
+                        loss_scale * loss,
+                        score,
+                        validation_label,
+                        epoch_seconds,
+                    )
                 )
-            break
+
+            # the loss rule compares losses, the early stopping rule scores; both
+            # as "higher is better" so one bookkeeping serves the two
+            no_improvement = no_improvement + 1 if score < best_score + rule.tol else 0
+            if score > best_score:
+                best_score = score
+                history.best_epoch = len(history.loss_curve) - 1
+                if rule.early_stopping:
+                    best_weights = trainer.weights()
+            if no_improvement >= rule.n_iter_no_change:
+                history.converged = True
+                if verbose:
+                    watched = (
+                        "Validation score" if rule.early_stopping else "Training loss"
+                    )
+                    print(
+                        f"{watched} did not improve more than tol={rule.tol} for "
+                        f"{rule.n_iter_no_change} consecutive epochs. Stopping."
+                    )
+                break
 
     if history.loss_curve and min(history.loss_curve) > diverged_above:
         raise TrainingDivergedError(

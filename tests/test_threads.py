@@ -1,0 +1,141 @@
+"""The thread governor: fewer threads when other processes hold cores."""
+
+import numpy as np
+import pytest
+import torch
+
+import skafm._threads
+from skafm import AFMRegressor
+from skafm._threads import ThreadGovernor
+from skafm.datasets import make_interaction_data
+
+from .conftest import FAST
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+@pytest.fixture(autouse=True)
+def forget_choices():
+    # a choice made on a simulated machine must not reach later real fits
+    skafm._threads._CHOICES.clear()
+    yield
+    skafm._threads._CHOICES.clear()
+
+
+class SimulatedMachine:
+    """Cores some of which other processes hold; steps of equal work.
+
+    Up to the free cores, work per second grows with the threads; beyond
+    them each operation waits for descheduled threads, as an evenly split
+    OpenMP loop does.
+    """
+
+    def __init__(self, n_cores, free):
+        self.n_cores, self.free = n_cores, free
+        self.applied = []
+
+    def set_threads(self, n_threads):
+        assert 1 <= n_threads <= self.n_cores
+        self.applied.append(n_threads)
+
+    def rate(self, n_threads):
+        if n_threads <= self.free:
+            return n_threads**0.9
+        return self.free**0.9 / (1 + n_threads - self.free)
+
+    def run(self, governor, n_steps, step_work=0.01):
+        """Step ``n_steps`` times; returns the thread count of each step."""
+        counts = []
+        for _ in range(n_steps):
+            counts.append(governor.n_threads)
+            governor.record(step_work / self.rate(governor.n_threads), step_work)
+        return np.array(counts)
+
+
+def test_on_an_idle_machine_it_keeps_all_threads():
+    machine = SimulatedMachine(n_cores=2, free=2)
+    governor = ThreadGovernor(2, set_threads=machine.set_threads)
+    counts = machine.run(governor, 3000)
+    assert np.mean(counts == 2) > 0.95
+    assert counts[-1] == 2
+
+
+def test_it_moves_to_the_free_cores_and_back():
+    machine = SimulatedMachine(n_cores=2, free=2)
+    governor = ThreadGovernor(2, set_threads=machine.set_threads)
+    machine.run(governor, 500)
+    machine.free = 1  # another process starts
+    loaded = machine.run(governor, 3000)
+    assert np.all(loaded[100:] == 1) or np.mean(loaded[100:] == 1) > 0.9
+    assert np.argmax(loaded == 1) < 100  # within a few windows
+    machine.free = 2  # and ends
+    freed = machine.run(governor, 6000)
+    assert np.mean(freed[-3000:] == 2) > 0.9
+
+
+def test_on_many_cores_it_settles_near_the_free_ones():
+    machine = SimulatedMachine(n_cores=16, free=11)
+    governor = ThreadGovernor(16, set_threads=machine.set_threads)
+    counts = machine.run(governor, 20000)
+    settled = counts[-5000:]
+    assert 8 <= np.median(settled) <= 11
+    assert set(machine.applied) <= set(range(1, 17))
+
+
+def test_it_restores_the_limit_it_started_under():
+    machine = SimulatedMachine(n_cores=4, free=1)
+    with ThreadGovernor(4, set_threads=machine.set_threads) as governor:
+        machine.run(governor, 2000)
+        assert governor.n_threads < 4
+    assert machine.applied[-1] == 4
+
+
+def test_one_thread_or_a_gpu_turns_it_off():
+    machine = SimulatedMachine(n_cores=1, free=1)
+    governor = ThreadGovernor(1, set_threads=machine.set_threads)
+    machine.run(governor, 1000)
+    assert not governor.active and machine.applied == []
+    assert not ThreadGovernor.for_training("cuda").active
+
+
+def test_a_fit_soon_after_starts_where_the_last_settled():
+    machine = SimulatedMachine(n_cores=2, free=1)
+    first = ThreadGovernor(2, set_threads=machine.set_threads)
+    machine.run(first, 2000)
+    assert first.n_threads == 1
+    second = ThreadGovernor(2, set_threads=machine.set_threads)
+    assert second.n_threads == 1
+
+
+def test_skafm_adaptive_threads_0_keeps_the_count(monkeypatch):
+    monkeypatch.setenv("SKAFM_ADAPTIVE_THREADS", "0")
+    assert not ThreadGovernor.for_training("cpu").active
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="torch runs on one thread")
+def test_changing_threads_while_training_changes_no_result(monkeypatch):
+    X, y, _ = make_interaction_data(3000, n_fields=6, n_categories=8, random_state=0)
+    params = {**FAST, "max_iter": 3, "batch_size": 64, "early_stopping": True}
+
+    monkeypatch.setenv("SKAFM_ADAPTIVE_THREADS", "0")
+    fixed = AFMRegressor(**params, n_threads=1).fit(X, y)
+
+    # a governor that tries another count every few steps
+    monkeypatch.delenv("SKAFM_ADAPTIVE_THREADS")
+    monkeypatch.setattr(ThreadGovernor, "WINDOW_SECONDS", 0.0)
+    monkeypatch.setattr(ThreadGovernor, "WINDOW_STEPS", 1)
+    monkeypatch.setattr(ThreadGovernor, "LONGEST_WAIT", 1)
+    seen = []
+    real_apply = ThreadGovernor._apply
+
+    def recording_apply(self, n_threads):
+        seen.append(n_threads)
+        real_apply(self, n_threads)
+
+    monkeypatch.setattr(ThreadGovernor, "_apply", recording_apply)
+    before = torch.get_num_threads()
+    adaptive = AFMRegressor(**params).fit(X, y)
+    assert torch.get_num_threads() == before
+    assert len(seen) > 10 and set(seen) >= {1, before}
+    np.testing.assert_array_equal(adaptive.predict(X), fixed.predict(X))
+    assert adaptive.loss_curve_ == fixed.loss_curve_
