@@ -86,7 +86,10 @@ class ThreadGovernor:
     now and then runs one window with a neighbouring thread count: it moves
     there when that window is faster by a margin, and otherwise comes back
     and waits twice as long before the next try. A window that is much slower
-    than the one before it (load has changed) starts a try at once.
+    than the one before it (load has changed) starts a try at once. Where
+    the machine's load can be read (:class:`OthersLoad`), no try of fewer
+    threads is made while no other process holds a core, and other
+    processes taking cores start one at once.
 
     It never uses more threads than the limit it starts under (``n_threads``,
     joblib's or threadpoolctl's limit, torch's setting), and on leaving it
@@ -100,6 +103,13 @@ class ThreadGovernor:
     set_threads : callable, default=None
         Called with a thread count to apply it; the calling thread's OpenMP
         setting by default.
+    others_load : callable, default=None
+        Called at the end of each window; returns the cores other processes
+        used since the last call, or None when unknown. None: no such
+        reading, only the timed tries.
+    machine_cores : int, default=None
+        The cores ``others_load`` counts over (``os.cpu_count()``): a try of
+        more threads is made only while they leave one free.
     """
 
     WINDOW_SECONDS = 0.2
@@ -107,11 +117,17 @@ class ThreadGovernor:
     GAIN_TO_MOVE = 1.05
     DROP_TO_RETRY = 0.75
     LONGEST_WAIT = 32
+    IDLE_OTHERS = 0.25  # cores other processes use, below which none is taken
 
-    def __init__(self, max_threads, set_threads=None):
+    def __init__(
+        self, max_threads, set_threads=None, others_load=None, machine_cores=None
+    ):
         self.max_threads = max(int(max_threads), 1)
+        self._machine_cores = machine_cores or os.cpu_count() or self.max_threads
         self.n_threads = self.max_threads
         self._set_threads = set_threads or _set_openmp_threads
+        self._others_load = others_load
+        self._others_cores = None
         self._window_seconds = 0.0
         self._window_work = 0.0
         self._window_steps = 0
@@ -134,7 +150,7 @@ class ThreadGovernor:
         """The governor for a fit on ``device``: off on GPUs and when disabled."""
         if torch.device(device).type != "cpu" or not adaptive_threads_enabled():
             return cls(1)
-        return cls(torch.get_num_threads())
+        return cls(torch.get_num_threads(), others_load=OthersLoad.where_available())
 
     @property
     def active(self):
@@ -187,8 +203,19 @@ class ThreadGovernor:
                 self._direction = -self._direction
             self._countdown = self._wait
             return
-        if self._last_rate is not None and rate < self.DROP_TO_RETRY * self._last_rate:
-            self._countdown, self._wait = 0, 1
+        others_before = self._others_cores
+        if self._others_load is not None:
+            self._others_cores = self._others_load()
+        change = self._load_change(others_before, self._others_cores)
+        slower = (
+            self._last_rate is not None and rate < self.DROP_TO_RETRY * self._last_rate
+        )
+        # cores were taken: try fewer threads at once (never more: a step
+        # that got slower says nothing for them); cores came free: try more
+        if (change < 0 or slower) and self._neighbour(-1) != self.n_threads:
+            self._direction, self._countdown, self._wait = -1, 0, 1
+        elif change > 0 and self._neighbour(1) != self.n_threads:
+            self._direction, self._countdown, self._wait = 1, 0, 1
         self._last_rate = rate
         self._countdown -= 1
         if self._countdown <= 0:
@@ -200,11 +227,33 @@ class ThreadGovernor:
             return max(1, self.n_threads - step)
         return min(self.max_threads, self.n_threads + step)
 
+    def _load_change(self, before, now):
+        """-1 when other processes took cores, 1 when they left them, else 0."""
+        if before is None or now is None:
+            return 0
+        if before < self.IDLE_OTHERS <= now - self.IDLE_OTHERS:
+            return -1
+        if now < self.IDLE_OTHERS <= before - self.IDLE_OTHERS:
+            return 1
+        return 0
+
     def _try_neighbour(self, rate):
         if self._neighbour(self._direction) == self.n_threads:
             self._direction = -self._direction
         target = self._neighbour(self._direction)
         if target == self.n_threads:
+            return
+        others = self._others_cores
+        if others is not None and (
+            # no other process holds a core: fewer threads cannot be faster
+            (target < self.n_threads and others < self.IDLE_OTHERS)
+            # no core is free for another thread
+            or (
+                target > self.n_threads
+                and self._machine_cores - others < self.n_threads + 0.5
+            )
+        ):
+            self._countdown = self._wait
             return
         self._trial = (self.n_threads, rate)
         self._apply(target)
@@ -212,3 +261,49 @@ class ThreadGovernor:
     def _apply(self, n_threads):
         self.n_threads = n_threads
         self._set_threads(n_threads)
+
+
+class OthersLoad:
+    """How many cores other processes kept busy since the last call (Linux).
+
+    The machine's busy time from ``/proc/stat`` (steal time included: a
+    virtual machine's host taking its cores) less this process's CPU time,
+    over the wall time between two calls. Where the machine has more cores
+    than this process may use, the figure overstates the load on its own.
+    """
+
+    def __init__(self):
+        self._clock_ticks = os.sysconf("SC_CLK_TCK")
+        self._last = self._read()
+
+    @classmethod
+    def where_available(cls):
+        """A reader, or None where ``/proc/stat`` cannot be read."""
+        try:
+            reader = cls()
+        except (OSError, ValueError, AttributeError):
+            return None
+        return reader if reader._last is not None else None
+
+    def _read(self):
+        try:
+            with open("/proc/stat", "rb") as stat:
+                fields = [int(value) for value in stat.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        if len(fields) < 5:
+            return None
+        # user nice system idle iowait irq softirq steal
+        busy = sum(fields) - fields[3] - fields[4]
+        return busy / self._clock_ticks, time.perf_counter(), time.process_time()
+
+    def __call__(self):
+        now, last = self._read(), self._last
+        self._last = now
+        if now is None or last is None:
+            return None
+        wall = now[1] - last[1]
+        if wall < 0.05:
+            return None
+        others = (now[0] - last[0]) - (now[2] - last[2])
+        return max(others, 0.0) / wall

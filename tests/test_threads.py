@@ -43,6 +43,10 @@ class SimulatedMachine:
             return n_threads**0.9
         return self.free**0.9 / (1 + n_threads - self.free)
 
+    def others_load(self):
+        """What OthersLoad would read: the cores the other processes hold."""
+        return float(self.n_cores - self.free)
+
     def run(self, governor, n_steps, step_work=0.01):
         """Step ``n_steps`` times; returns the thread count of each step."""
         counts = []
@@ -139,3 +143,45 @@ def test_changing_threads_while_training_changes_no_result(monkeypatch):
     assert len(seen) > 10 and set(seen) >= {1, before}
     np.testing.assert_array_equal(adaptive.predict(X), fixed.predict(X))
     assert adaptive.loss_curve_ == fixed.loss_curve_
+
+
+def test_with_the_load_known_it_tries_nothing_on_an_idle_machine():
+    machine = SimulatedMachine(n_cores=2, free=2)
+    governor = ThreadGovernor(
+        2,
+        set_threads=machine.set_threads,
+        others_load=machine.others_load,
+        machine_cores=2,
+    )
+    assert np.all(machine.run(governor, 3000) == 2)
+    assert machine.applied == []
+    machine.free = 1  # another process starts: the reading says so at once
+    loaded = machine.run(governor, 3000)
+    assert np.argmax(loaded == 1) < 60
+    # and no try of two threads while no core is free for the second
+    assert np.all(loaded[60:] == 1)
+    machine.free = 2  # it ends: back to two threads at once
+    freed = machine.run(governor, 500)
+    assert np.argmax(freed == 2) < 60 and np.all(freed[60:] == 2)
+
+
+def test_the_load_of_other_processes_is_read_on_linux():
+    import subprocess
+    import sys
+    import time
+
+    reader = skafm._threads.OthersLoad.where_available()
+    if not sys.platform.startswith("linux"):
+        assert reader is None
+        return
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # started and spinning
+        reader()
+        time.sleep(0.5)
+        others = reader()
+    finally:
+        busy.kill()
+        busy.wait()
+    # the busy process held about one core; this one slept
+    assert others is not None and others > 0.5
