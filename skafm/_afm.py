@@ -161,8 +161,9 @@ _PARAMETERS_TEMPLATE = """
         setting. Set it when running several fits in threads, e.g. with
         joblib's "threading" backend. Within that limit, training uses fewer
         threads while other processes hold cores and fewer are measured to be
-        faster (results do not change with the count;
-        ``SKAFM_ADAPTIVE_THREADS=0`` keeps it fixed at the limit).
+        faster, and prediction the cores others left free (results do not
+        change with the count; ``SKAFM_ADAPTIVE_THREADS=0`` keeps it fixed at
+        the limit).
 
     verbose : int, default=0
         Print the training loss and time of each epoch when positive.

@@ -26,7 +26,7 @@ from ._device import resolve_device
 from ._nn import AttentionalFactorizationMachine
 from ._nn.inference import predict_raw
 from ._state import StateMixin, unchanged_on_failure
-from ._threads import thread_limit
+from ._threads import prediction_threads, thread_limit
 from ._training import (
     OptimizationConfig,
     StoppingRule,
@@ -593,7 +593,7 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
         """Validated X -> network outputs, float64 of shape (n_samples, n_outputs)."""
         check_is_fitted(self)
         X = self._validate_data(X, reset=False)
-        with thread_limit(self.n_threads):
+        with prediction_threads(self.n_threads):
             return predict_raw(self.module_, as_active_features(X))
 
     def __sklearn_tags__(self):

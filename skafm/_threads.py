@@ -13,6 +13,7 @@ import contextlib
 import functools
 import math
 import os
+import threading
 import time
 
 import torch
@@ -253,6 +254,8 @@ class ThreadGovernor:
                 and self._machine_cores - others < self.n_threads + 0.5
             )
         ):
+            # the other way next time, which the load may allow
+            self._direction = -self._direction
             self._countdown = self._wait
             return
         self._trial = (self.n_threads, rate)
@@ -297,13 +300,63 @@ class OthersLoad:
         busy = sum(fields) - fields[3] - fields[4]
         return busy / self._clock_ticks, time.perf_counter(), time.process_time()
 
-    def __call__(self):
+    def __call__(self, longest=math.inf):
+        """Cores others used since the last call; None if that was over
+        ``longest`` seconds ago (or too short a time to tell)."""
         now, last = self._read(), self._last
-        self._last = now
         if now is None or last is None:
+            self._last = now
             return None
         wall = now[1] - last[1]
         if wall < 0.05:
+            # too short to tell at the clock's ticks: let the time add up
+            return None
+        self._last = now
+        if wall > longest:
             return None
         others = (now[0] - last[0]) - (now[2] - last[2])
         return max(others, 0.0) / wall
+
+
+# The reading that prediction calls share: each sees the load since the last.
+_PREDICTION_LOAD = None
+_PREDICTION_LOAD_LOCK = threading.Lock()
+# An older reading says too little about the load now.
+_PREDICTION_READING_AGE = 10.0
+
+
+def free_core_threads(limit):
+    """Threads for a prediction: ``limit``, or fewer where other processes
+    held cores since the previous prediction call (Linux, at most 10 s ago).
+
+    A prediction is one pass too short to time and adjust, so it takes the
+    cores that others left free, a core counting as taken when others kept
+    it busy over half the time.
+    """
+    global _PREDICTION_LOAD
+    if limit <= 1 or not adaptive_threads_enabled():
+        return limit
+    with _PREDICTION_LOAD_LOCK:
+        if _PREDICTION_LOAD is None:
+            _PREDICTION_LOAD = OthersLoad.where_available() or False
+            return limit
+        if _PREDICTION_LOAD is False:
+            return limit
+        others = _PREDICTION_LOAD(longest=_PREDICTION_READING_AGE)
+    if others is None:
+        return limit
+    free = (os.cpu_count() or limit) - others
+    return int(min(limit, max(1, math.ceil(free - 0.5))))
+
+
+@contextlib.contextmanager
+def prediction_threads(n_threads):
+    """``thread_limit(n_threads)``, lowered to the cores free of other work."""
+    with thread_limit(n_threads):
+        limit = torch.get_num_threads()
+        chosen = free_core_threads(limit)
+        if chosen >= limit:
+            yield
+            return
+        with _openmp_controller().limit(limits=chosen):
+            yield

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
+import skafm._base
 import skafm._threads
 from skafm import AFMRegressor
 from skafm._threads import ThreadGovernor
@@ -185,3 +187,52 @@ def test_the_load_of_other_processes_is_read_on_linux():
         busy.wait()
     # the busy process held about one core; this one slept
     assert others is not None and others > 0.5
+
+
+def test_with_the_load_known_it_settles_near_the_free_cores_of_many():
+    machine = SimulatedMachine(n_cores=16, free=11)
+    governor = ThreadGovernor(
+        16,
+        set_threads=machine.set_threads,
+        others_load=machine.others_load,
+        machine_cores=16,
+    )
+    settled = machine.run(governor, 20000)[-5000:]
+    assert 8 <= np.median(settled) <= 11
+    machine.free = 15  # most of the load ends: it finds more threads again
+    freed = machine.run(governor, 20000)[-5000:]
+    assert np.median(freed) >= 12
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="torch runs on one thread")
+@pytest.mark.parametrize(
+    ("others", "expected"), [(0.0, 2), (0.3, 2), (0.9, 1), (2.0, 1), (None, 2)]
+)
+def test_prediction_takes_the_cores_others_left_free(monkeypatch, others, expected):
+    import os
+
+    X, y, _ = make_interaction_data(300, n_fields=4, n_categories=4, random_state=0)
+    model = AFMRegressor(**{**FAST, "max_iter": 2}).fit(X, y)
+    reference = model.predict(X)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(skafm._threads, "_PREDICTION_LOAD", lambda longest: others)
+    seen = []
+    real_predict_raw = skafm._base.predict_raw
+
+    def recording_predict_raw(*args):
+        seen.append(torch.get_num_threads())
+        return real_predict_raw(*args)
+
+    monkeypatch.setattr(skafm._base, "predict_raw", recording_predict_raw)
+    before = torch.get_num_threads()
+    with threadpool_limits(limits=2, user_api="openmp"):
+        prediction = model.predict(X)
+    assert seen == [expected]
+    assert torch.get_num_threads() == before
+    np.testing.assert_array_equal(prediction, reference)
+
+    monkeypatch.setenv("SKAFM_ADAPTIVE_THREADS", "0")
+    seen.clear()
+    with threadpool_limits(limits=2, user_api="openmp"):
+        model.predict(X)
+    assert seen == [2]
