@@ -328,7 +328,8 @@ class Trainer:
             data.n_samples, config.batch_size, shuffle_rng, data.all_widths
         )
         widths = data.widths
-        row_work = widths * (widths + 1) / 2.0 if governor is not None else None
+        timed = governor is not None and governor.active
+        row_work = widths * (widths + 1) / 2.0 if timed else None
         workspace = PairWorkspace()
         kernels = ops.batch_gathering_kernels()
         collective = data.collective
