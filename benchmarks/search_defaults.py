@@ -9,6 +9,8 @@ bench_suite.py.
     python benchmarks/search_defaults.py movielens-reg '[{}, {"alpha": 3.0}]'
     python benchmarks/search_defaults.py frappe-clf '[{"dropout": 0.7}]' \
         --json out.jsonl
+    python benchmarks/search_defaults.py movielens-reg '[{"alpha": 10}]' \
+        --seed 0,1,2   # each seed, and the mean of the three models' outputs
 """
 
 import argparse
@@ -41,17 +43,28 @@ def validation_split(problem):
     return X_fit, y_fit, X_val, y_val
 
 
-def evaluate(problem, model, X, y):
-    """Metrics of a fitted model on (X, y); 'loss' is lower-is-better."""
+def model_output(problem, model, X):
+    """What is scored: clipped predictions, or the positive class's probability."""
     if problem.task == "regression":
         output = model.predict(X)
         if problem.clip is not None:
             output = np.clip(output, *problem.clip)
+        return output
+    return model.predict_proba(X)[:, 1]
+
+
+def metrics(problem, output, y):
+    """Metrics of an output on y; 'loss' is lower-is-better."""
+    if problem.task == "regression":
         rmse = root_mean_squared_error(y, output)
         return {"loss": rmse, "rmse": rmse}
-    proba = model.predict_proba(X)[:, 1]
-    loss = log_loss(y, np.clip(proba, 1e-7, 1 - 1e-7))
-    return {"loss": loss, "log_loss": loss, "auc": roc_auc_score(y, proba)}
+    loss = log_loss(y, np.clip(output, 1e-7, 1 - 1e-7))
+    return {"loss": loss, "log_loss": loss, "auc": roc_auc_score(y, output)}
+
+
+def evaluate(problem, model, X, y):
+    """Metrics of a fitted model on (X, y); 'loss' is lower-is-better."""
+    return metrics(problem, model_output(problem, model, X), y)
 
 
 def main(argv=None):
@@ -60,30 +73,52 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dataset", choices=TUNING_SETS)
     parser.add_argument("configs", help="JSON list of parameter dicts")
-    parser.add_argument("--seed", type=int, default=0, help="random_state of fits")
+    parser.add_argument(
+        "--seed",
+        default="0",
+        help="random_state of the fits; several (0,1,2) also score the mean "
+        "of their outputs, a line of its own",
+    )
     parser.add_argument("--json", default=None, help="append JSON lines here")
     args = parser.parse_args(argv)
+    seeds = [int(seed) for seed in args.seed.split(",")]
     problem = LOADERS[args.dataset]()
     X_fit, y_fit, X_val, y_val = validation_split(problem)
     estimator = AFMRegressor if problem.task == "regression" else AFMClassifier
     warnings.simplefilter("ignore")
-    for params in json.loads(args.configs):
-        start = time.perf_counter()
-        model = estimator(random_state=args.seed, **params).fit(X_fit, y_fit)
-        seconds = time.perf_counter() - start
-        result = evaluate(problem, model, X_val, y_val)
-        line = {
-            "dataset": args.dataset,
-            "params": params,
-            "seed": args.seed,
-            **result,
-            "epochs": model.n_iter_,
-            "seconds": round(seconds, 1),
-        }
+
+    def report(line):
         print(json.dumps(line), flush=True)
         if args.json:
             with open(args.json, "a") as handle:
                 handle.write(json.dumps(line) + "\n")
+
+    for params in json.loads(args.configs):
+        outputs = []
+        for seed in seeds:
+            start = time.perf_counter()
+            model = estimator(random_state=seed, **params).fit(X_fit, y_fit)
+            seconds = time.perf_counter() - start
+            outputs.append(model_output(problem, model, X_val))
+            report(
+                {
+                    "dataset": args.dataset,
+                    "params": params,
+                    "seed": seed,
+                    **metrics(problem, outputs[-1], y_val),
+                    "epochs": model.n_iter_,
+                    "seconds": round(seconds, 1),
+                }
+            )
+        if len(seeds) > 1:
+            report(
+                {
+                    "dataset": args.dataset,
+                    "params": params,
+                    "mean_of_seeds": seeds,
+                    **metrics(problem, np.mean(outputs, axis=0), y_val),
+                }
+            )
 
 
 if __name__ == "__main__":
