@@ -89,8 +89,9 @@ class ThreadGovernor:
     and waits twice as long before the next try. A window that is much slower
     than the one before it (load has changed) starts a try at once. Where
     the machine's load can be read (:class:`OthersLoad`), no try of fewer
-    threads is made while no other process holds a core, and other
-    processes taking cores start one at once.
+    threads is made while no other process holds a core, none of more while
+    no core is free, and other processes taking or leaving cores start one
+    at once.
 
     It never uses more threads than the limit it starts under (``n_threads``,
     joblib's or threadpoolctl's limit, torch's setting), and on leaving it
