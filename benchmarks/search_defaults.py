@@ -107,6 +107,15 @@ def main(argv=None):
                     "seed": seed,
                     **metrics(problem, outputs[-1], y_val),
                     "epochs": model.n_iter_,
+                    "alpha_": getattr(model, "alpha_", None),
+                    "phases": [
+                        [
+                            phase["phase"],
+                            phase["n_iter"],
+                            phase["best_validation_score"],
+                        ]
+                        for phase in model.phases_
+                    ],
                     "seconds": round(seconds, 1),
                 }
             )

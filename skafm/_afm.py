@@ -1,8 +1,11 @@
 """The public estimators: AFMRegressor and AFMClassifier."""
 
+from numbers import Real
+
 import numpy as np
 from scipy.special import expit, log_expit, log_softmax, softmax
 from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 
 from ._base import BaseAFM
@@ -19,11 +22,11 @@ _PARAMETERS_TEMPLATE = """
         False, interactions are summed with equal weights and the model is a
         plain factorization machine (FM).
 
-    alpha : float, default={alpha}
+    alpha : {alpha_type}, default={alpha}
         Strength of the L2 penalty on the embeddings and linear weights; its
         scale depends on ``penalty_scope``. Only the parameters of a batch's
         active features are penalised in a step, so the cost of a step does
-        not grow with ``n_features``.
+        not grow with ``n_features``.{alpha_auto}
     penalty_scope : {"feature", "sample"}, default="{penalty_scope}"
         What ``alpha`` is counted per. "feature": the objective adds
         ``alpha / n_samples * sum_j |theta_j|^2`` over the features seen in
@@ -199,6 +202,9 @@ _ATTRIBUTES_DOC = """
         The phase whose weights predict: "afm", or "fm" when the
         attentional phase never beat the factorization machine it started
         from (or ``attention=False``).
+    alpha_ : float
+        Strength of the L2 penalty when the predicting weights' training
+        ended: ``alpha`` itself, or where ``alpha="auto"`` took it.
 
     t_ : int
         Number of training samples seen by the optimizer.
@@ -245,9 +251,8 @@ _DEFAULTS = dict(
     n_factors=64,
     attention_size=16,
     attention=True,
-    # chosen with benchmarks/search_defaults.py on the validation parts of
-    # Frappe and ml-latest-small together, confirmed by bench_suite.py
-    alpha=5.0,
+    # the regressor's (see ALPHA_PER_NOISE)
+    alpha="auto",
     penalty_scope="feature",
     attention_alpha=0.0,
     dropout=0.5,
@@ -279,10 +284,27 @@ _DEFAULTS = dict(
 MAX_TARGET = 1e30
 
 
+# alpha="auto": the penalty's strength per unit of noise variance (in units
+# of the target's variance), i.e. the parameters' prior precision. Chosen
+# with search_defaults.py on the validation parts of Frappe and
+# ml-latest-small together, confirmed by bench_suite.py
+ALPHA_PER_NOISE = 12.0
+
 _REGRESSOR_PARAMETERS_DOC = _parameters_doc(
     optimizer=_DEFAULTS["optimizer"],
     dropout=_DEFAULTS["dropout"],
-    alpha=_DEFAULTS["alpha"],
+    alpha='"auto"',
+    alpha_type='float or "auto"',
+    alpha_auto=f"""
+        "auto" lets it follow the noise in the data: after each epoch alpha
+        is set to {ALPHA_PER_NOISE:g} times the mean squared error of the
+        held-out part (the early stopping split or ``X_val``; without one,
+        the epoch's training loss), measured in units of the target's
+        variance. It starts at {ALPHA_PER_NOISE:g}, all of the variance
+        counted as noise. A MAP estimate's penalty is the noise variance
+        times the prior precision of the parameters, so noisy targets get
+        strong shrinkage and clean ones weak; ``alpha_`` is the value
+        reached.""",
     init=_DEFAULTS["init"],
     penalty_scope=_DEFAULTS["penalty_scope"],
     learning_rate_init=_DEFAULTS["learning_rate_init"],
@@ -501,6 +523,21 @@ class AFMRegressor(RegressorMixin, BaseAFM):
             np.asarray(y, dtype=np.float64) - self._target_mean
         ) / self._target_scale
 
+    _parameter_constraints: dict = {
+        **BaseAFM._parameter_constraints,
+        "alpha": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
+    }
+
+    # a fixed p keeps the FM's embeddings under alpha's penalty: on both
+    # real sets' validation parts it beat a trained one (benchmarks/README.md)
+    _learns_fm_projection = False
+
+    def _alpha_settings(self):
+        if self.alpha == "auto":
+            # the standardised target's variance is 1: all noise to begin with
+            return {"alpha": ALPHA_PER_NOISE, "alpha_per_noise": ALPHA_PER_NOISE}
+        return super()._alpha_settings()
+
     def _loss_scale(self):
         return self._target_scale**2
 
@@ -538,6 +575,8 @@ _CLASSIFIER_PARAMETERS_DOC = _parameters_doc(
     optimizer=_CLASSIFIER_OPTIMIZER,
     dropout=_CLASSIFIER_DROPOUT,
     alpha=_CLASSIFIER_ALPHA,
+    alpha_type="float",
+    alpha_auto="",
     init=_CLASSIFIER_INIT,
     penalty_scope=_DEFAULTS["penalty_scope"],
     learning_rate_init=_CLASSIFIER_LEARNING_RATE,

@@ -38,6 +38,7 @@ from ._validation_set import (
     checked_validation_set,
     split_validation,
     validation_label,
+    validation_mean_loss,
     validation_scorer,
 )
 
@@ -349,7 +350,13 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
             module.start_from_factorization_machine(
                 fm_network, mean_pair_count(data.all_widths)
             )
-            trainer = Trainer(module.to(device), config)
+            # a penalty that follows the noise starts where the FM left it
+            trainer = Trainer(
+                module.to(device),
+                dataclasses.replace(config, alpha=fm_trainer.config.alpha)
+                if config.alpha_per_noise > 0.0
+                else config,
+            )
         elif not continuing:
             module = self._build_module(X.shape[1], n_outputs, initial_bias, rng)
             trainer = Trainer(module.to(device), config)
@@ -427,17 +434,18 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
         ``options`` go to :func:`fit_epochs`; ``warning_stacklevel`` counts
         the frames from there to the user's call.
         """
-        score = (
-            validation_scorer(self, trainer, validation, data.collective)
-            if rule.early_stopping
-            else None
-        )
+        score = noise = None
+        if rule.early_stopping:
+            score = validation_scorer(self, trainer, validation, data.collective)
+            if trainer.config.alpha_per_noise > 0.0:
+                noise = validation_mean_loss(self, trainer, validation, data.collective)
         return fit_epochs(
             trainer,
             data,
             rng,
             rule,
             validation_score=score,
+            noise_variance=noise,
             validation_label=validation_label(self),
             loss_scale=self._loss_scale(),
             verbose=self.verbose,
@@ -471,6 +479,7 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
         )
         self._trainer = winner
         self._loss = loss
+        self.alpha_ = winner.config.alpha
         self.module_ = winner.prediction_module
         self.loss_curve_ = previous_losses + losses
         self.n_iter_ = len(self.loss_curve_)
@@ -535,7 +544,13 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
                 f"with {fitted}, now {wanted}. Set warm_start=False to refit."
             )
 
+    # whether a one-output FM trains its projection (see
+    # AttentionalFactorizationMachine); the classifier's defaults were chosen
+    # with it trained
+    _learns_fm_projection = True
+
     def _build_module(self, n_features, n_outputs, initial_bias, rng, attention=None):
+        attention = self.attention if attention is None else attention
         generator = torch.Generator()
         generator.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
         module = AttentionalFactorizationMachine(
@@ -543,10 +558,11 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
             n_outputs,
             self.n_factors,
             self.attention_size,
-            attention=self.attention if attention is None else attention,
+            attention=attention,
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
             generator=generator,
+            learned_projection=attention or n_outputs > 1 or self._learns_fm_projection,
         )
         with torch.no_grad():
             module.bias.copy_(torch.as_tensor(initial_bias, dtype=torch.float32))
@@ -558,6 +574,10 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
         # small data sets still get AUTO_MIN_STEPS steps per epoch
         return max(1, min(AUTO_BATCH_SIZE, n_samples // AUTO_MIN_STEPS))
 
+    def _alpha_settings(self):
+        """``alpha`` and ``alpha_per_noise`` of the optimization config."""
+        return {"alpha": self.alpha, "alpha_per_noise": 0.0}
+
     def _optimization_config(self, loss, n_samples, early_stopping, n_workers=1):
         # batch_size is each worker's: a step of n workers takes n batches
         batch_size = n_workers * self._batch_size(n_samples // n_workers)
@@ -567,7 +587,7 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
             learning_rate=self.learning_rate_init,
             batch_size=batch_size,
             shuffle=self.shuffle,
-            alpha=self.alpha,
+            **self._alpha_settings(),
             attention_alpha=self.attention_alpha,
             penalty_scope=self.penalty_scope,
             average_decay=average_decay(

@@ -80,4 +80,7 @@ class StateMixin:
         # old behaviour, which is not always the new default
         for name, value in PARAMETERS_BEFORE_THEY_EXISTED.items():
             state.setdefault(name, value)
+        if "_trainer" in state:
+            # fitted before alpha_ existed: their alpha never moved
+            state.setdefault("alpha_", state["_trainer"].config.alpha)
         super().__setstate__(state)

@@ -9,7 +9,7 @@ import copy
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -54,6 +54,10 @@ class OptimizationConfig:
     # "sample": each occurrence of a feature is penalised alpha |theta|^2;
     # "feature": alpha / (its weighted count), a fixed prior per feature
     penalty_scope: str = "sample"
+    # > 0: alpha follows the noise, set after each epoch to this times the
+    # estimated noise variance (see Trainer.follow_noise); alpha is then the
+    # value in force
+    alpha_per_noise: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -287,8 +291,26 @@ class Trainer:
             clone.average = clone._new_average(config)
         else:
             clone.average.decay = config.average_decay
+        if config.alpha_per_noise > 0.0 and clone.config.alpha_per_noise > 0.0:
+            # the noise estimated so far carries over to the next call
+            config = replace(config, alpha=clone.config.alpha)
         clone.config = config
         return clone
+
+    def follow_noise(self, noise_variance):
+        """Set alpha to ``alpha_per_noise`` times the noise variance, if it follows it.
+
+        With squared error on a standardised target, the objective's
+        ``alpha`` is the noise variance times the prior precision of the
+        parameters (a MAP estimate's ``sigma^2 lambda``): noisier data needs
+        stronger shrinkage for the same prior. ``alpha_per_noise`` is the
+        precision; the variance is re-estimated as training goes, as a
+        Bayesian FM samples it.
+        """
+        per_noise = self.config.alpha_per_noise
+        if per_noise > 0.0 and np.isfinite(noise_variance):
+            alpha = per_noise * max(float(noise_variance), 0.0)
+            self.config = replace(self.config, alpha=alpha)
 
     def to_cpu(self):
         """This trainer if it is on the CPU, else a CPU copy (for pickling)."""
@@ -529,6 +551,7 @@ def fit_epochs(
     verbose=0,
     first_epoch=1,
     score_to_beat=None,
+    noise_variance=None,
     warning_stacklevel=6,
 ):
     """Train for up to ``rule.max_iter`` epochs.
@@ -563,6 +586,12 @@ def fit_epochs(
         estimator's ``loss_curve_`` (the regressor's target is standardised
         in training), so that ``verbose`` prints it in the units of the
         validation loss.
+    noise_variance : callable or None
+        Called after each epoch with no argument when the trainer's alpha
+        follows the noise (``alpha_per_noise > 0``): the held-out mean loss,
+        in training units. None takes the epoch's training objective, whose
+        dropout keeps it from the optimism of a network's errors on its own
+        training rows.
     warning_stacklevel : int
         ``stacklevel`` of the interruption warning, so that it points at the
         user's call.
@@ -605,6 +634,8 @@ def fit_epochs(
                 # scored inside the guard: Ctrl-C during a slow scorer ends
                 # training as one during an epoch does (the epoch is not counted)
                 score = -loss if validation_score is None else validation_score()
+                if trainer.config.alpha_per_noise > 0.0:
+                    noise = loss if noise_variance is None else noise_variance()
             except KeyboardInterrupt:
                 history.interrupted = True
                 warnings.warn(
@@ -621,6 +652,8 @@ def fit_epochs(
                 )
             history.loss_curve.append(loss)
             history.samples_seen += data.n_samples
+            if trainer.config.alpha_per_noise > 0.0:
+                trainer.follow_noise(noise)
             if validation_score is not None:
                 history.validation_scores.append(score)
             epoch_seconds.append(time.perf_counter() - start)

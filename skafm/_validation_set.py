@@ -90,6 +90,23 @@ def validation_label(estimator):
     return estimator.scoring if isinstance(estimator.scoring, str) else None
 
 
+def validation_mean_loss(estimator, trainer, validation, collective=None):
+    """A callable returning the mean loss of ``trainer``'s network on ``validation``.
+
+    In training units (the regressor's standardised target), summed over the
+    workers' parts in a data-parallel fit.
+    """
+    X_val, y_val, sample_weight_val = validation
+    data = TrainingData.build(
+        as_active_features(X_val),
+        estimator._encode_target(y_val),
+        sample_weight_val,
+        trainer.device,
+        collective,
+    )
+    return lambda: trainer.mean_loss(data)
+
+
 def validation_scorer(estimator, trainer, validation, collective=None):
     """A callable returning the validation score of ``trainer``'s network.
 
@@ -100,15 +117,9 @@ def validation_scorer(estimator, trainer, validation, collective=None):
     """
     X_val, y_val, sample_weight_val = validation
     if estimator.scoring == "loss":
-        data = TrainingData.build(
-            as_active_features(X_val),
-            estimator._encode_target(y_val),
-            sample_weight_val,
-            trainer.device,
-            collective,
-        )
+        mean_loss = validation_mean_loss(estimator, trainer, validation, collective)
         scale = estimator._loss_scale()
-        return lambda: -scale * trainer.mean_loss(data)
+        return lambda: -scale * mean_loss()
 
     if collective is not None:
         parts = collective.gather_objects(

@@ -111,3 +111,38 @@ def test_the_feature_scope_shrinks_a_rare_feature_and_spares_a_frequent_one(
     }
     kept = weights[50.0] / weights[0.0]
     assert kept[0] < 0.5 * kept[2]
+
+
+def test_auto_alpha_follows_the_noise_of_the_target(planted_regression, rng):
+    X, y, _ = planted_regression
+    params = dict(FAST, max_iter=10, early_stopping=True)
+    clean = AFMRegressor(**params).fit(X, y)
+    noisy = AFMRegressor(**params).fit(X, y + rng.normal(0, 3 * y.std(), y.size))
+    # 12 x the held-out squared error in units of y's variance: the noisy
+    # target's is near 12 (almost all of its variance is noise)
+    assert clean.alpha_ < 0.5 * noisy.alpha_
+    assert 8.0 < noisy.alpha_ < 16.0
+    # without a held-out part the epoch's training loss stands in for it
+    small = AFMRegressor(**dict(params, early_stopping=False)).fit(X, y)
+    assert 0.0 < small.alpha_ < 12.0
+
+
+def test_a_float_alpha_stays_fixed_and_the_classifier_takes_no_auto(
+    planted_regression, planted_classification
+):
+    X, y, _ = planted_regression
+    model = AFMRegressor(alpha=3.0, **dict(FAST, max_iter=3)).fit(X, y)
+    assert model.alpha_ == 3.0
+    X, y, _ = planted_classification
+    with pytest.raises(ValueError, match="alpha"):
+        AFMClassifier(alpha="auto", **FAST).fit(X, y)
+
+
+def test_a_warm_start_goes_on_from_the_alpha_reached(planted_regression):
+    X, y, _ = planted_regression
+    model = AFMRegressor(warm_start=True, **dict(FAST, max_iter=4)).fit(X, y)
+    reached = model.alpha_
+    continued = model._trainer.continued(
+        model._optimization_config("squared_error", len(y), False), torch.device("cpu")
+    )
+    assert continued.config.alpha == reached != 12.0

@@ -88,3 +88,30 @@ def test_verbose_says_which_phase_won(monkeypatch, capsys, planted_regression):
     out = capsys.readouterr().out
     assert "Phase 1 of 2" in out and "Phase 2 of 2" in out
     assert "did not improve on the factorization machine" in out
+
+
+def test_the_regressors_fm_keeps_its_projection_at_one(
+    planted_regression, planted_classification, tmp_path
+):
+    import skafm.io
+
+    X, y, _ = planted_regression
+    fm = AFMRegressor(**dict(FAST, attention=False, max_iter=3)).fit(X, y)
+    assert not fm.module_.projection.requires_grad
+    assert np.all(fm.module_.projection.detach().numpy() == 1.0)
+    # the AFM started from it learns its own
+    afm = AFMRegressor(**dict(TWO_PHASES, max_iter=3)).fit(X, y)
+    assert afm.module_.projection.requires_grad
+    # a saved FM goes on training with p fixed
+    path = tmp_path / "fm.skafm"
+    skafm.io.dump(fm, path)
+    loaded = skafm.io.load(path)
+    assert loaded.alpha_ == fm.alpha_
+    loaded.partial_fit(X, y)
+    assert np.all(loaded.module_.projection.detach().numpy() == 1.0)
+    # the classifier's defaults were chosen with a learned p, and several
+    # classes need it to tell their interactions apart
+    Xc, yc, _ = planted_classification
+    for labels in (yc, np.arange(yc.size) % 3):
+        clf = AFMClassifier(**dict(FAST, attention=False, max_iter=2)).fit(Xc, labels)
+        assert clf.module_.projection.requires_grad

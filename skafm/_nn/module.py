@@ -46,6 +46,11 @@ class AttentionalFactorizationMachine(nn.Module):
         Dropout rate on the attention weights during training.
     generator : torch.Generator
         Source of the initial parameter values.
+    learned_projection : bool
+        Whether the projection p is trained. A one-output FM's
+        ``sum_f p_f <v_i, v_j>_f`` gains nothing from it but a way out of
+        the L2 penalty: ``v -> s v, p -> p / s^2`` predicts the same with a
+        penalty ``s^2`` times smaller. Fixed at 1 it is the textbook FM.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class AttentionalFactorizationMachine(nn.Module):
         dropout,
         attention_dropout,
         generator,
+        learned_projection=True,
     ):
         super().__init__()
         self.n_factors = n_factors
@@ -71,6 +77,9 @@ class AttentionalFactorizationMachine(nn.Module):
         self.embedding = nn.Parameter(torch.empty(n_features, n_factors))
         nn.init.normal_(self.embedding, std=EMBEDDING_INIT_STD, generator=generator)
         self.projection = nn.Parameter(torch.ones(n_factors, n_outputs))
+        self.learned_projection = learned_projection
+        if not learned_projection:
+            self.projection.requires_grad_(False)
         if attention:
             self.attention_weight = nn.Parameter(torch.empty(attention_size, n_factors))
             self.attention_bias = nn.Parameter(torch.zeros(attention_size))

@@ -150,6 +150,7 @@ FITTED_ATTRIBUTES = frozenset(
         "_rng",
         "_target_mean",
         "_target_scale",
+        "alpha_",
         "best_loss_",
         "best_phase_",
         "best_validation_score_",
@@ -189,6 +190,9 @@ def _estimator_from_state(state):
     trainer = Trainer.from_state(build_network(state["network"]), state)
     estimator._trainer = trainer
     estimator.module_ = trainer.prediction_module
+    if not hasattr(estimator, "alpha_"):
+        # written before alpha_ existed: their alpha never moved
+        estimator.alpha_ = trainer.config.alpha
     return estimator
 
 
@@ -239,6 +243,7 @@ def network_state(module):
         "attention": module.attention,
         "dropout": module.dropout,
         "attention_dropout": module.attention_dropout,
+        "learned_projection": getattr(module, "learned_projection", True),
         "weights": {k: v.detach().cpu() for k, v in module.state_dict().items()},
     }
 
@@ -253,6 +258,8 @@ def build_network(state):
         dropout=state["dropout"],
         attention_dropout=state["attention_dropout"],
         generator=torch.Generator(),
+        # files written before it existed hold networks whose p was trained
+        learned_projection=state.get("learned_projection", True),
     )
     module.load_state_dict(state["weights"])
     return module.eval()
