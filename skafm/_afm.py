@@ -162,11 +162,13 @@ _PARAMETERS_TEMPLATE = """
         ``GridSearchCV(n_jobs=...)`` does not oversubscribe the CPU), an
         enclosing :func:`threadpoolctl.threadpool_limits`, or torch's own
         setting. Set it when running several fits in threads, e.g. with
-        joblib's "threading" backend. Within that limit, training uses fewer
-        threads while other processes hold cores and fewer are measured to be
-        faster, and prediction the cores others left free (results do not
-        change with the count; ``SKAFM_ADAPTIVE_THREADS=0`` keeps it fixed at
-        the limit).
+        joblib's "threading" backend. Never more threads than the process may
+        run on: its CPU affinity, and a container's CPU quota (cgroup v1 or
+        v2, rounded up), which torch itself ignores. Within that limit,
+        training uses fewer threads while other processes hold cores and
+        fewer are measured to be faster, and prediction the cores others left
+        free (results do not change with the count;
+        ``SKAFM_ADAPTIVE_THREADS=0`` keeps it fixed at the limit).
 
     verbose : int, default=0
         Print the training loss and time of each epoch when positive.

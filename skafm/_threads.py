@@ -26,19 +26,125 @@ def _openmp_controller():
     return ThreadpoolController().select(user_api="openmp")
 
 
+def _cgroup_paths(proc_cgroup):
+    """(controllers, path) of each line of ``/proc/self/cgroup``."""
+    try:
+        with open(proc_cgroup) as lines:
+            for line in lines:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                yield controllers.split(","), path
+    except (OSError, ValueError):
+        return
+
+
+def _ancestors(directory, path):
+    """``directory`` joined with ``path`` and each of its parents, up to
+    ``directory`` itself (a container often sees its own group as the root)."""
+    parts = [part for part in path.split("/") if part]
+    for depth in range(len(parts), -1, -1):
+        yield os.path.join(directory, *parts[:depth])
+
+
+def _read_numbers(filename):
+    try:
+        with open(filename) as file:
+            return file.read().split()
+    except OSError:
+        return None
+
+
+def _quota(quota, period):
+    """Cores a quota of ``quota`` per ``period`` microseconds grants, or None."""
+    try:
+        quota, period = int(quota), int(period)
+    except ValueError:  # "max": no quota
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def cgroup_cpu_quota(proc_cgroup="/proc/self/cgroup", root="/sys/fs/cgroup"):
+    """The cores this process's control group may use, or None if unlimited.
+
+    A container's CPU limit (``docker run --cpus``, a Kubernetes CPU limit)
+    is a CFS quota: the group's threads together may run ``quota`` out of
+    every ``period`` microseconds, and are stopped for the rest of the period
+    once they have used it. Threads beyond the quota do no more work, and a
+    thread stopped in the middle of a parallel operation stalls the others.
+    Reads cgroup v2's ``cpu.max`` and v1's ``cpu.cfs_quota_us`` and
+    ``cpu.cfs_period_us`` for the process's group and its parents, and
+    returns the smallest quota among them (Linux; None elsewhere).
+    """
+    quotas = []
+    for controllers, path in _cgroup_paths(proc_cgroup):
+        if controllers == [""]:  # cgroup v2: one hierarchy
+            for directory in _ancestors(root, path):
+                numbers = _read_numbers(os.path.join(directory, "cpu.max"))
+                if numbers and len(numbers) == 2:
+                    quotas.append(_quota(*numbers))
+        elif "cpu" in controllers:
+            mounts = {",".join(controllers), "cpu", "cpu,cpuacct"}
+            for mount in sorted(mounts):
+                for directory in _ancestors(os.path.join(root, mount), path):
+                    quota = _read_numbers(os.path.join(directory, "cpu.cfs_quota_us"))
+                    period = _read_numbers(os.path.join(directory, "cpu.cfs_period_us"))
+                    if quota and period:
+                        quotas.append(_quota(quota[0], period[0]))
+    quotas = [quota for quota in quotas if quota is not None]
+    return min(quotas) if quotas else None
+
+
+def _count_usable_cores():
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota - 0.01)))
+    return max(cores, 1)
+
+
+# A quota or affinity mask changes rarely; re-read now and then, not per call
+_USABLE_CORES = (None, -math.inf)
+_USABLE_CORES_LIFETIME = 10.0
+
+
+def usable_cores():
+    """The cores this process can use: its CPU affinity, capped by a cgroup
+    CPU quota rounded up (a quota of 1.5 cores lets 2 threads run).
+
+    Re-read at most every 10 seconds.
+    """
+    global _USABLE_CORES
+    cores, when = _USABLE_CORES
+    now = time.monotonic()
+    if now - when > _USABLE_CORES_LIFETIME:
+        cores = _count_usable_cores()
+        _USABLE_CORES = (cores, now)
+    return cores
+
+
 @contextlib.contextmanager
 def thread_limit(n_threads):
-    """Let torch use at most ``n_threads`` threads in the body (None: no change).
+    """Let torch use at most ``n_threads`` threads in the body, and never more
+    than :func:`usable_cores` (None: only that cap).
+
+    torch sizes its pool by the cores it sees, not by a container's CPU
+    quota, so a 2-core quota on a 64-core host would otherwise run 64 threads
+    that the quota stops and restarts.
 
     Parameters
     ----------
     n_threads : int or None
         The limit, applied to the calling thread's OpenMP pool only.
     """
-    if n_threads is None or torch.get_num_threads() <= n_threads:
+    limit = usable_cores()
+    if n_threads is not None:
+        limit = min(limit, n_threads)
+    if torch.get_num_threads() <= limit:
         yield
         return
-    with _openmp_controller().limit(limits=n_threads):
+    with _openmp_controller().limit(limits=limit):
         yield
 
 

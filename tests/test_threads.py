@@ -236,3 +236,76 @@ def test_prediction_takes_the_cores_others_left_free(monkeypatch, others, expect
     with threadpool_limits(limits=2, user_api="openmp"):
         model.predict(X)
     assert seen == [2]
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_the_cgroup_v2_cpu_quota_is_the_smallest_on_the_path(tmp_path):
+    proc = tmp_path / "proc_cgroup"
+    root = tmp_path / "cgroup"
+    _write(proc, "0::/kubepods/pod1/container\n")
+    _write(root / "kubepods/pod1/container/cpu.max", "150000 100000\n")
+    assert skafm._threads.cgroup_cpu_quota(proc, root) == 1.5
+    _write(root / "kubepods/pod1/cpu.max", "max 100000\n")
+    _write(root / "kubepods/cpu.max", "50000 100000\n")
+    assert skafm._threads.cgroup_cpu_quota(proc, root) == 0.5
+    (root / "kubepods/cpu.max").write_text("max 100000\n")
+    (root / "kubepods/pod1/container/cpu.max").write_text("max 100000\n")
+    assert skafm._threads.cgroup_cpu_quota(proc, root) is None
+
+
+def test_the_cgroup_v1_cpu_quota_and_a_container_seeing_its_own_root(tmp_path):
+    proc = tmp_path / "proc_cgroup"
+    root = tmp_path / "cgroup"
+    # as inside a container: /proc/self/cgroup names the host's path, the
+    # mount shows the container's own group at its root
+    _write(proc, "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n0::/\n")
+    _write(root / "cpu,cpuacct/cpu.cfs_quota_us", "300000\n")
+    _write(root / "cpu,cpuacct/cpu.cfs_period_us", "100000\n")
+    assert skafm._threads.cgroup_cpu_quota(proc, root) == 3.0
+    (root / "cpu,cpuacct/cpu.cfs_quota_us").write_text("-1\n")
+    assert skafm._threads.cgroup_cpu_quota(proc, root) is None
+    assert skafm._threads.cgroup_cpu_quota(tmp_path / "missing", root) is None
+
+
+@pytest.mark.parametrize(("quota", "expected"), [(None, 2), (0.5, 1), (1.5, 2)])
+def test_usable_cores_round_a_quota_up(monkeypatch, quota, expected):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(skafm._threads, "cgroup_cpu_quota", lambda: quota)
+    monkeypatch.setattr(skafm._threads, "_USABLE_CORES", (None, -float("inf")))
+    assert skafm._threads.usable_cores() == expected
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="torch runs on one thread")
+def test_fit_and_predict_keep_within_a_one_core_quota(monkeypatch):
+    X, y, _ = make_interaction_data(300, n_fields=4, n_categories=4, random_state=0)
+    monkeypatch.setattr(skafm._threads, "usable_cores", lambda: 1)
+    seen = []
+    real_for_training = ThreadGovernor.for_training.__func__
+
+    def recording_for_training(cls, device):
+        seen.append(("fit", torch.get_num_threads()))
+        return real_for_training(cls, device)
+
+    real_predict_raw = skafm._base.predict_raw
+
+    def recording_predict_raw(*args):
+        seen.append(("predict", torch.get_num_threads()))
+        return real_predict_raw(*args)
+
+    monkeypatch.setattr(
+        ThreadGovernor, "for_training", classmethod(recording_for_training)
+    )
+    monkeypatch.setattr(skafm._base, "predict_raw", recording_predict_raw)
+    before = torch.get_num_threads()
+    with threadpool_limits(limits=2, user_api="openmp"):
+        model = AFMRegressor(**{**FAST, "max_iter": 2, "n_threads": 2}).fit(X, y)
+        model.predict(X)
+    assert seen and all(threads == 1 for _, threads in seen), seen
+    assert {kind for kind, _ in seen} == {"fit", "predict"}
+    assert torch.get_num_threads() == before
