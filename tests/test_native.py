@@ -301,6 +301,32 @@ def test_fitted_models_agree_with_and_without_the_kernels(kernels, monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_predictions_take_the_kernels_pair_products_and_keep_their_bits(
+    kernels, monkeypatch
+):
+    X, y, _ = make_interaction_data(800, n_fields=6, n_categories=30, random_state=0)
+    # non-unit values: rows whose pairs are scored one by one and grouped rows
+    X = X.multiply(np.linspace(0.5, 2.0, X.shape[1])).tocsr()
+    model = AFMRegressor(**{**FAST, "max_iter": 2, "n_factors": 12}).fit(X, y)
+    calls = []
+    real = kernels.pair_products
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(kernels, name)
+
+        def pair_products(self, *args):
+            calls.append(len(args[1]))
+            return real(*args)
+
+    monkeypatch.setattr(ops, "kernels_for", lambda tensor: Recording())
+    with_kernels = model.predict(X)
+    assert calls
+    monkeypatch.setattr(ops, "kernels_for", lambda tensor: None)
+    np.testing.assert_array_equal(with_kernels, model.predict(X))
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_a_failed_build_warns_and_training_falls_back(fresh_build_state, monkeypatch):
     monkeypatch.setenv("CXX", str(fresh_build_state / "no-such-compiler"))
     with pytest.warns(KernelBuildWarning, match="could not build"):

@@ -5,7 +5,7 @@ nothing is padded and a row's output is the same bits alone or among
 others. An attention model's output is summed pair by pair
 (:func:`predicted_output`); the explanations list the same terms, pair by
 pair (:func:`additive_parts`). Both run in PyTorch operations on every
-device.
+device, except the pairs' products, which :mod:`.ops` computes.
 """
 
 import numpy as np
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .._batching import check_row_widths, pad_rows, row_widths
+from . import ops
 from .functional import (
     PAIR_CHUNK,
     attention_scores_per_row,
@@ -253,13 +254,12 @@ def score_pairs(entries, slices, n_pairs, W, b, query, projection):
     workspace = PairWorkspace()
     for start, n_valid, left, right in slices:
         shape = (len(left), k)
-        products = torch.index_select(
-            entries, 0, left, out=workspace.get("products", shape, entries)
-        )
-        products.mul_(
-            torch.index_select(
-                entries, 0, right, out=workspace.get("right", shape, entries)
-            )
+        products = ops.pair_products(
+            entries,
+            left,
+            right,
+            workspace.get("products", shape, entries),
+            workspace.get("right", shape, entries),
         )
         _, slice_scores = chunked_attention_network(products, W, b, query, workspace)
         stop = start + n_valid

@@ -13,11 +13,13 @@ attention pooling           CPU, float32 or float64, width>1   grouped or pairwi
 dropout                     CPU, float32 or float64            anywhere else
 gathering a batch's rows    always on the CPU, when built      when not built
 Adam's row updates          CPU parameters                     any other device
+a prediction's pair         CPU, float32 or float64            any other device
+products
 ==========================  =================================  ====================
 
-An attention model's prediction and the explanations run in PyTorch
-operations (:mod:`.inference`); a plain FM predicts with its training
-forward pass, whose feature lookup is chosen here like training's.
+The rest of an attention model's prediction and the explanations run in
+PyTorch operations (:mod:`.inference`); a plain FM predicts with its
+training forward pass, whose feature lookup is chosen here like training's.
 ``SKAFM_NATIVE_KERNELS=0`` turns every fused path off.
 """
 
@@ -47,6 +49,21 @@ def batch_gathering_kernels():
     Batches are gathered on the CPU, whatever device trains on them.
     """
     return _native.kernels()
+
+
+def pair_products(entries, left, right, out, scratch):
+    """``entries[left] * entries[right]`` into ``out``, row by row.
+
+    The kernel gathers and multiplies in one pass; PyTorch gathers both
+    sides (the right one into ``scratch``) and multiplies. Each product is
+    one rounded multiplication either way, so both give the same bits.
+    """
+    kernels = kernels_for(entries)
+    if kernels is not None and entries.is_contiguous():
+        kernels.pair_products(entries, left, right, out)
+        return out
+    torch.index_select(entries, 0, left, out=out)
+    return out.mul_(torch.index_select(entries, 0, right, out=scratch))
 
 
 def feature_lookup(index, value, penalty_weight, embedding, linear, with_penalty):
