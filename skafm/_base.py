@@ -357,6 +357,10 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
                 if config.alpha_per_noise > 0.0
                 else config,
             )
+            # the tables continue with the step sizes the FM reached: a fresh
+            # Adagrad or Adam state would move every converged weight by a
+            # full learning rate in the first steps and lose the FM's fit
+            trainer.adopt_optimizer_state(fm_trainer)
         elif not continuing:
             module = self._build_module(X.shape[1], n_outputs, initial_bias, rng)
             trainer = Trainer(module.to(device), config)

@@ -270,6 +270,22 @@ class Trainer:
     def device(self):
         return self.module.bias.device
 
+    def adopt_optimizer_state(self, other, names=("bias", "linear", "embedding")):
+        """Continue ``other``'s optimizer state for the parameters both have.
+
+        The AFM phase starts from the FM's bias, linear weights and
+        embeddings; their Adam moments or Adagrad sums carry over with them.
+        The projection (rescaled) and the attention network start afresh.
+        """
+        if type(self.optimizer) is not type(other.optimizer):
+            return
+        mine = dict(self.module.named_parameters())
+        theirs = dict(other.module.named_parameters())
+        for name in names:
+            state = other.optimizer.state.get(theirs[name])
+            if state:
+                self.optimizer.state[mine[name]] = copy.deepcopy(state)
+
     def continued(self, config, device):
         """A deep copy to train further, with the new call's settings.
 

@@ -115,3 +115,22 @@ def test_the_regressors_fm_keeps_its_projection_at_one(
     for labels in (yc, np.arange(yc.size) % 3):
         clf = AFMClassifier(**dict(FAST, attention=False, max_iter=2)).fit(Xc, labels)
         assert clf.module_.projection.requires_grad
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
+def test_the_attentional_phase_continues_the_fms_optimizer_state(
+    optimizer, planted_regression
+):
+    X, y, _ = planted_regression
+    settings = dict(
+        TWO_PHASES, optimizer=optimizer, max_iter=3, early_stopping=False, batch_size=64
+    )
+    model = AFMRegressor(**settings).fit(X, y)
+    assert [phase["n_iter"] for phase in model.phases_] == [3, 3]
+    steps_per_phase = 3 * int(np.ceil(X.shape[0] / 64))
+    optimizer_state = model._trainer.optimizer.state
+    module = model._trainer.module
+    # the tables went on from the FM's steps; the attention network began anew
+    for table in (module.embedding, module.linear, module.bias):
+        assert float(optimizer_state[table]["step"]) == 2 * steps_per_phase
+    assert float(optimizer_state[module.attention_weight]["step"]) == steps_per_phase
