@@ -136,7 +136,9 @@ _PARAMETERS_TEMPLATE = """
         stopping), then start the AFM from its bias, linear weights and
         embeddings, with uniform attention and the projection scaled so that a
         row with the mean number of pairs starts at the FM's output: the
-        paper's pre-training. With early stopping the FM's weights are a
+        paper's pre-training. Those tables keep the FM's optimizer state
+        (Adagrad's sums, Adam's moments), so the AFM's first steps are as
+        small as the FM's last. With early stopping the FM's weights are a
         candidate too: when no AFM epoch beats the FM's best validation
         score, the FM itself is kept (``best_phase_ == "fm"``; a later warm
         start trains the AFM from it again). It about doubles the fitting
