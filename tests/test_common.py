@@ -26,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
 
 
 @parametrize_with_checks(
-    [AFMRegressor(learning_rate_init=0.01, **CHECKED), AFMClassifier(**CHECKED)],
+    [AFMRegressor(**CHECKED), AFMClassifier(**CHECKED)],
     expected_failed_checks=lambda estimator: SAMPLE_WEIGHT_EQUIVALENCE,
 )
 def test_sklearn_compatible_estimator(estimator, check):
