@@ -9,6 +9,7 @@ from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, is_regressor
 from sklearn.exceptions import ConvergenceWarning
@@ -613,10 +614,30 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
             return validate_data(self, X, **check_params)
         return validate_data(self, X, y, y_numeric=is_regressor(self), **check_params)
 
+    def _prediction_input(self, X):
+        """X as ``_validate_data(X, reset=False)`` returns it.
+
+        A CSR matrix of floats that validation would return unchanged is
+        checked here directly: scikit-learn's checks (for dataframes among
+        them) take longer than predicting a row, which a server does one
+        request at a time.
+        """
+        if (
+            isinstance(X, (sp.csr_matrix, sp.csr_array))
+            and X.dtype in (np.float32, np.float64)
+            and X.ndim == 2
+            and X.shape[0] > 0
+            and X.shape[1] == self.n_features_in_
+            and not hasattr(self, "feature_names_in_")
+            and np.isfinite(X.data).all()
+        ):
+            return X
+        return self._validate_data(X, reset=False)
+
     def _raw_output(self, X):
         """Validated X -> network outputs, float64 of shape (n_samples, n_outputs)."""
         check_is_fitted(self)
-        X = self._validate_data(X, reset=False)
+        X = self._prediction_input(X)
         with prediction_threads(self.n_threads):
             return predict_raw(self.module_, as_active_features(X))
 

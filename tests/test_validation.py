@@ -123,6 +123,40 @@ def test_nan_at_predict(data):
         model.predict(with_nan(X))
 
 
+def test_a_float_csr_is_predicted_without_scikit_learns_validation(data, monkeypatch):
+    import skafm._base
+
+    X, y, _ = data
+    model = AFMRegressor(**FAST).fit(X, y)
+    expected = model.predict(X.toarray())
+    calls = []
+    real_validate_data = skafm._base.validate_data
+
+    def counting_validate_data(*args, **kwargs):
+        calls.append(type(args[1]).__name__)
+        return real_validate_data(*args, **kwargs)
+
+    monkeypatch.setattr(skafm._base, "validate_data", counting_validate_data)
+    for csr in (X.astype(np.float32), X, sp.csr_array(X)):
+        np.testing.assert_allclose(model.predict(csr), expected, rtol=1e-6)
+    assert calls == []
+    # what the shortcut does not take still goes through the validation
+    model.predict(X.tocoo())
+    model.predict(X.astype(np.int64))
+    assert calls == ["coo_matrix", "csr_matrix"]
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        model.predict(with_nan(X))
+
+
+def test_a_model_fitted_on_named_columns_still_warns_on_a_csr(data):
+    pd = pytest.importorskip("pandas")
+    X, y, _ = data
+    frame = pd.DataFrame(X.toarray(), columns=[f"c{i}" for i in range(X.shape[1])])
+    model = AFMRegressor(**FAST).fit(frame, y)
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        model.predict(X)
+
+
 @pytest.mark.parametrize("labels", [np.zeros(80, int), np.array(["only"] * 80)])
 def test_single_class_is_refused(data, labels):
     X, _, y = data
