@@ -114,39 +114,25 @@ def worker(args):
 
 
 def run_one(library, shape, n_busy, args):
+    from bench_speed import model_flags, run_worker
+
     settings = SHAPES[shape]
-    command = [
-        sys.executable,
-        __file__,
-        "--worker",
-        library,
-        "--shape",
-        shape,
-        "--epochs",
-        str(args.epochs),
-        "--n-factors",
-        str(settings["n_factors"]),
-        "--attention-size",
-        str(settings["attention_size"]),
-        "--batch-size",
-        str(settings["batch_size"]),
-    ] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    flags = model_flags(
+        args.epochs,
+        settings["n_factors"],
+        settings["attention_size"],
+        settings["batch_size"],
+        args.data_dir,
+    )
+    command = [sys.executable, __file__, "--worker", library, "--shape", shape, *flags]
     environment = os.environ | ENVIRONMENTS.get(library, {})
     busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(n_busy)]
     try:
-        completed = subprocess.run(
-            command, capture_output=True, text=True, env=environment, check=False
-        )
+        return run_worker(command, env=environment)
     finally:
         for process in busy:
             process.kill()
             process.wait()
-    lines = completed.stdout.strip().splitlines()
-    try:
-        return json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
-        return {"error": " | ".join(tail)}
 
 
 def main(argv=None):

@@ -27,7 +27,8 @@ Frappe: 27k rows/s at 8192 against 150k at 512); skafm with its own chunking.
 
 Each library and shape runs in a subprocess of its own. Seconds per epoch are
 the median of the epochs after the first; batch prediction is the median of 5
-calls on the test part after one untimed call.
+calls on the test part after one untimed call; single-row latency the median
+of 200 one-row calls (bench_speed.py's timers, which every library shares).
 
     python benchmarks/bench_shapes.py [--shapes frappe,ctr39,multi-hot,wide-1m]
         [--libraries skafm,deepctr-torch,torchfm] [--epochs 3] [--json OUT]
@@ -38,7 +39,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -183,19 +183,14 @@ def load_shape(name, data_dir=None):
 
 
 def run_skafm(args, shape):
-    from bench_speed import epoch_model, time_epochs, timed_prediction
+    from bench_speed import run_skafm as time_skafm
 
-    model = epoch_model(args.n_factors, args.attention_size, args.batch_size)
-    epochs = time_epochs(model, shape.X_train, shape.y_train, args.epochs)
-    predict_seconds, _ = timed_prediction(lambda: model.predict(shape.X_test))
-    return epochs, predict_seconds
+    return time_skafm(args, (shape.X_train, shape.y_train, shape.X_test, None))
 
 
 def run_deepctr(args, shape):
-    import torch
-    from bench_speed import timed_prediction
+    from bench_speed import time_deepctr
     from deepctr_torch.inputs import SparseFeat
-    from deepctr_torch.models import AFM
 
     names = [f"slot{s}" for s in range(len(shape.slot_sizes))]
     columns = [
@@ -206,77 +201,21 @@ def run_deepctr(args, shape):
     def inputs(slots):
         return {name: slots[:, s] for s, name in enumerate(names)}
 
-    torch.manual_seed(0)
-    model = AFM(
+    return time_deepctr(
+        args,
         columns,
-        columns,
-        attention_factor=args.attention_size,
-        l2_reg_linear=0.0,
-        l2_reg_embedding=0.0,
-        l2_reg_att=0.0,
-        afm_dropout=0.0,
-        task="regression",
-        device="cpu",
+        inputs(shape.slots_train),
+        shape.y_train,
+        inputs(shape.slots_test),
     )
-    model.compile("adam", "mse")
-    train, test = inputs(shape.slots_train), inputs(shape.slots_test)
-    epochs = []
-    for _ in range(args.epochs):
-        start = time.perf_counter()
-        model.fit(train, shape.y_train, batch_size=args.batch_size, epochs=1, verbose=0)
-        epochs.append(time.perf_counter() - start)
-    predict_seconds, _ = timed_prediction(
-        lambda: model.predict(test, batch_size=args.batch_size)
-    )
-    return epochs, predict_seconds
 
 
 def run_torchfm(args, shape):
-    import torch
-    from bench_speed import timed_prediction
-    from torchfm.model.afm import AttentionalFactorizationMachineModel
+    from bench_speed import time_torchfm
 
-    torch.manual_seed(0)
-    model = AttentionalFactorizationMachineModel(
-        shape.slot_sizes, args.n_factors, args.attention_size, dropouts=(0.0, 0.0)
+    return time_torchfm(
+        args, shape.slot_sizes, shape.slots_train, shape.y_train, shape.slots_test
     )
-
-    def raw_output(x):
-        # the score before torchfm's final sigmoid (see bench_speed.py)
-        return (model.linear(x) + model.afm(model.embedding(x))).squeeze(1)
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    train_x = torch.from_numpy(shape.slots_train)
-    train_y = torch.from_numpy(shape.y_train.astype(np.float32))
-    test_x = torch.from_numpy(shape.slots_test)
-    generator = torch.Generator().manual_seed(0)
-    epochs = []
-    for _ in range(args.epochs):
-        start = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(train_x), generator=generator)
-        for begin in range(0, len(order), args.batch_size):
-            rows = order[begin : begin + args.batch_size]
-            loss = torch.nn.functional.mse_loss(
-                raw_output(train_x[rows]), train_y[rows]
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        epochs.append(time.perf_counter() - start)
-    model.eval()
-
-    def predict():
-        with torch.no_grad():
-            return torch.cat(
-                [
-                    raw_output(test_x[i : i + args.batch_size])
-                    for i in range(0, len(test_x), args.batch_size)
-                ]
-            )
-
-    predict_seconds, _ = timed_prediction(predict)
-    return epochs, predict_seconds
 
 
 RUNNERS = {"skafm": run_skafm, "deepctr-torch": run_deepctr, "torchfm": run_torchfm}
@@ -286,7 +225,7 @@ def worker(args):
     """Train one library on one shape; print its measurements as JSON."""
     shape = load_shape(args.shape, args.data_dir)
     try:
-        epochs, predict_seconds = RUNNERS[args.worker](args, shape)
+        epochs, predict_seconds, latency, _ = RUNNERS[args.worker](args, shape)
     except ImportError as error:
         print(json.dumps({"error": f"not importable: {error}"}))
         return
@@ -299,6 +238,7 @@ def worker(args):
                 "seconds_per_epoch": seconds,
                 "train_rows_per_s": X.shape[0] / seconds,
                 "predict_rows_per_s": shape.X_test.shape[0] / predict_seconds,
+                "single_row_latency_ms": 1e3 * latency,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                 / 1024,
                 "rows": [X.shape[0], shape.X_test.shape[0]],
@@ -310,30 +250,19 @@ def worker(args):
 
 
 def run_one(library, shape, args):
+    from bench_speed import model_flags, run_worker
+
     settings = SHAPES[shape]
-    command = [
-        sys.executable,
-        __file__,
-        "--worker",
-        library,
-        "--shape",
-        shape,
-        "--epochs",
-        str(args.epochs),
-        "--n-factors",
-        str(settings["n_factors"]),
-        "--attention-size",
-        str(settings["attention_size"]),
-        "--batch-size",
-        str(settings["batch_size"]),
-    ] + (["--data-dir", args.data_dir] if args.data_dir else [])
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    lines = completed.stdout.strip().splitlines()
-    try:
-        return json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
-        return {"error": " | ".join(tail)}
+    flags = model_flags(
+        args.epochs,
+        settings["n_factors"],
+        settings["attention_size"],
+        settings["batch_size"],
+        args.data_dir,
+    )
+    return run_worker(
+        [sys.executable, __file__, "--worker", library, "--shape", shape, *flags]
+    )
 
 
 def main(argv=None):
@@ -378,7 +307,8 @@ def print_report(report):
     print(f"{report['date']}  {report['machine']}")
     print(
         f"{'shape':<11}{'library':<15}{'s/epoch':>9}{'train rows/s':>14}"
-        f"{'predict rows/s':>16}{'peak RSS MB':>13}{'training':>10}{'prediction':>12}"
+        f"{'predict rows/s':>16}{'1-row ms':>10}{'peak RSS MB':>13}"
+        f"{'training':>10}{'prediction':>12}"
     )
     rows = report["results"]
     for shape in dict.fromkeys(r["shape"] for r in rows):
@@ -390,6 +320,7 @@ def print_report(report):
                 f"{result['seconds_per_epoch']:>9.2f}"
                 f"{result['train_rows_per_s']:>14.0f}"
                 f"{result['predict_rows_per_s']:>16.0f}"
+                f"{result['single_row_latency_ms']:>10.2f}"
                 f"{result['peak_rss_mb']:>13.0f}"
             )
             if result["library"] == "skafm" and peers:

@@ -135,12 +135,17 @@ def run_skafm(args, data):
 
 
 def run_deepctr(args, data):
-    import torch
     from _frappe import deepctr_features
-    from deepctr_torch.models import AFM
 
     X_train, y_train, X_test, y_test = data
     columns, as_inputs = deepctr_features(X_train, X_test, args.n_factors)
+    return time_deepctr(args, columns, as_inputs(X_train), y_train, as_inputs(X_test))
+
+
+def time_deepctr(args, columns, train_inputs, y_train, test_inputs):
+    """DeepCTR-Torch's ``AFM`` on its input dicts: epochs, prediction, latency."""
+    import torch
+    from deepctr_torch.models import AFM
 
     torch.manual_seed(0)
     model = AFM(
@@ -156,7 +161,6 @@ def run_deepctr(args, data):
         device="cpu",
     )
     model.compile("adam", "mse")
-    train_inputs, test_inputs = as_inputs(X_train), as_inputs(X_test)
     epoch_seconds = []
     for _ in range(args.epochs):
         start = time.perf_counter()
@@ -175,15 +179,30 @@ def run_deepctr(args, data):
 
 
 def run_torchfm(args, data):
-    import torch
     from _frappe import field_indices, field_offsets
-    from torchfm.model.afm import AttentionalFactorizationMachineModel
 
     X_train, y_train, X_test, y_test = data
     starts, sizes = field_offsets(X_train, X_test)
+    return time_torchfm(
+        args,
+        sizes,
+        field_indices(X_train, starts),
+        y_train,
+        field_indices(X_test, starts),
+    )
+
+
+def time_torchfm(args, sizes, train_codes, y_train, test_codes):
+    """torchfm's AFM on (rows, fields) category codes: epochs, prediction, latency."""
+    import torch
+    from torchfm.model.afm import AttentionalFactorizationMachineModel
+
     torch.manual_seed(0)
     model = AttentionalFactorizationMachineModel(
-        sizes.astype(np.int64), args.n_factors, args.attention_size, dropouts=(0.0, 0.0)
+        np.asarray(sizes, dtype=np.int64),
+        args.n_factors,
+        args.attention_size,
+        dropouts=(0.0, 0.0),
     )
 
     def raw_output(x):
@@ -192,9 +211,9 @@ def run_torchfm(args, data):
         return (model.linear(x) + model.afm(model.embedding(x))).squeeze(1)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    train_x = torch.from_numpy(field_indices(X_train, starts))
+    train_x = torch.from_numpy(train_codes)
     train_y = torch.from_numpy(y_train.astype(np.float32))
-    test_x = torch.from_numpy(field_indices(X_test, starts))
+    test_x = torch.from_numpy(test_codes)
     generator = torch.Generator().manual_seed(0)
     epoch_seconds = []
     for _ in range(args.epochs):
@@ -227,6 +246,33 @@ def run_torchfm(args, data):
 
 
 RUNNERS = {"skafm": run_skafm, "deepctr-torch": run_deepctr, "torchfm": run_torchfm}
+
+
+def model_flags(epochs, n_factors, attention_size, batch_size, data_dir=None):
+    """The command-line flags that give a worker its model and data."""
+    return [
+        "--epochs",
+        str(epochs),
+        "--n-factors",
+        str(n_factors),
+        "--attention-size",
+        str(attention_size),
+        "--batch-size",
+        str(batch_size),
+    ] + (["--data-dir", data_dir] if data_dir else [])
+
+
+def run_worker(command, env=None):
+    """Run a worker process; the JSON of its last output line, or its error."""
+    completed = subprocess.run(
+        command, capture_output=True, text=True, env=env, check=False
+    )
+    lines = completed.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
+        return {"error": " | ".join(tail)}
 
 
 def worker(args):
@@ -278,30 +324,17 @@ def main(argv=None):
 
     import torch
 
-    common = [
-        "--epochs",
-        str(args.epochs),
-        "--n-factors",
-        str(args.n_factors),
-        "--attention-size",
-        str(args.attention_size),
-        "--batch-size",
-        str(args.batch_size),
-    ] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    common = model_flags(
+        args.epochs,
+        args.n_factors,
+        args.attention_size,
+        args.batch_size,
+        args.data_dir,
+    )
     results = []
     for library in args.libraries.split(","):
-        completed = subprocess.run(
-            [sys.executable, __file__, "--worker", library, *common],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        lines = completed.stdout.strip().splitlines()
-        try:
-            results.append(json.loads(lines[-1]))
-        except (IndexError, json.JSONDecodeError):
-            tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
-            results.append({"library": library, "error": " | ".join(tail)})
+        result = run_worker([sys.executable, __file__, "--worker", library, *common])
+        results.append({"library": library} | result)
     gemm = gemm_rates(args)
     report = {
         "date": time.strftime("%Y-%m-%d"),
