@@ -23,7 +23,6 @@ Every run is a subprocess of its own, started after the busy processes.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -116,14 +115,7 @@ def worker(args):
 def run_one(library, shape, n_busy, args):
     from bench_speed import model_flags, run_worker
 
-    settings = SHAPES[shape]
-    flags = model_flags(
-        args.epochs,
-        settings["n_factors"],
-        settings["attention_size"],
-        settings["batch_size"],
-        args.data_dir,
-    )
+    flags = model_flags(args.epochs, SHAPES[shape], args.data_dir)
     command = [sys.executable, __file__, "--worker", library, "--shape", shape, *flags]
     environment = os.environ | ENVIRONMENTS.get(library, {})
     busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(n_busy)]
@@ -152,7 +144,7 @@ def main(argv=None):
     if args.worker:
         return worker(args)
 
-    import torch
+    from bench_speed import machine
 
     results = []
     busy_counts = [int(n) for n in args.busy.split(",")]
@@ -165,9 +157,7 @@ def main(argv=None):
                 print(json.dumps(result), file=sys.stderr, flush=True)
     report = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}",
+        "machine": machine(),
         "settings": {"epochs": args.epochs, "shapes": SHAPES},
         "results": results,
     }

@@ -36,8 +36,6 @@ of 200 one-row calls (bench_speed.py's timers, which every library shares).
 
 import argparse
 import json
-import os
-import platform
 import resource
 import sys
 import time
@@ -252,14 +250,7 @@ def worker(args):
 def run_one(library, shape, args):
     from bench_speed import model_flags, run_worker
 
-    settings = SHAPES[shape]
-    flags = model_flags(
-        args.epochs,
-        settings["n_factors"],
-        settings["attention_size"],
-        settings["batch_size"],
-        args.data_dir,
-    )
+    flags = model_flags(args.epochs, SHAPES[shape], args.data_dir)
     return run_worker(
         [sys.executable, __file__, "--worker", library, "--shape", shape, *flags]
     )
@@ -281,7 +272,7 @@ def main(argv=None):
     if args.worker:
         return worker(args)
 
-    import torch
+    from bench_speed import machine
 
     results = []
     for shape in args.shapes.split(","):
@@ -292,9 +283,7 @@ def main(argv=None):
             print(json.dumps(result), file=sys.stderr, flush=True)
     report = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}",
+        "machine": machine(),
         "settings": {"epochs": args.epochs, "shapes": SHAPES},
         "results": results,
     }

@@ -248,18 +248,33 @@ def time_torchfm(args, sizes, train_codes, y_train, test_codes):
 RUNNERS = {"skafm": run_skafm, "deepctr-torch": run_deepctr, "torchfm": run_torchfm}
 
 
-def model_flags(epochs, n_factors, attention_size, batch_size, data_dir=None):
-    """The command-line flags that give a worker its model and data."""
+def model_flags(epochs, settings, data_dir=None):
+    """The command-line flags that give a worker its model and data.
+
+    ``settings`` holds ``n_factors``, ``attention_size`` and ``batch_size``.
+    """
     return [
         "--epochs",
         str(epochs),
         "--n-factors",
-        str(n_factors),
+        str(settings["n_factors"]),
         "--attention-size",
-        str(attention_size),
+        str(settings["attention_size"]),
         "--batch-size",
-        str(batch_size),
+        str(settings["batch_size"]),
     ] + (["--data-dir", data_dir] if data_dir else [])
+
+
+def machine():
+    """This machine, its cores and torch, as the reports name them."""
+    import os
+
+    import torch
+
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
 
 
 def run_worker(command, env=None):
@@ -322,15 +337,7 @@ def main(argv=None):
     if args.worker:
         return worker(args)
 
-    import torch
-
-    common = model_flags(
-        args.epochs,
-        args.n_factors,
-        args.attention_size,
-        args.batch_size,
-        args.data_dir,
-    )
+    common = model_flags(args.epochs, vars(args), args.data_dir)
     results = []
     for library in args.libraries.split(","):
         result = run_worker([sys.executable, __file__, "--worker", library, *common])
@@ -338,8 +345,7 @@ def main(argv=None):
     gemm = gemm_rates(args)
     report = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "machine": machine(),
         "settings": vars(args) | {"worker": None},
         "gemm": gemm,
         "results": results,
