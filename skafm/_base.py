@@ -39,7 +39,7 @@ from ._validation_set import (
     checked_validation_set,
     split_validation,
     validation_label,
-    validation_mean_loss,
+    validation_score_and_noise,
     validation_scorer,
 )
 
@@ -440,10 +440,12 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
         the frames from there to the user's call.
         """
         score = noise = None
-        if rule.early_stopping:
+        if rule.early_stopping and trainer.config.alpha_per_noise > 0.0:
+            score, noise = validation_score_and_noise(
+                self, trainer, validation, data.collective
+            )
+        elif rule.early_stopping:
             score = validation_scorer(self, trainer, validation, data.collective)
-            if trainer.config.alpha_per_noise > 0.0:
-                noise = validation_mean_loss(self, trainer, validation, data.collective)
         return fit_epochs(
             trainer,
             data,

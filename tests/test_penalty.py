@@ -127,6 +127,28 @@ def test_auto_alpha_follows_the_noise_of_the_target(planted_regression, rng):
     assert 0.0 < small.alpha_ < 12.0
 
 
+@pytest.mark.parametrize("scoring", ["loss", "r2"])
+def test_auto_alpha_predicts_the_held_out_part_once_per_epoch(
+    planted_regression, monkeypatch, scoring
+):
+    import skafm._training
+
+    X, y, _ = planted_regression
+    passes = []
+    real_mean_loss = skafm._training.Trainer.mean_loss
+
+    def counting_mean_loss(self, data):
+        passes.append(data.n_samples)
+        return real_mean_loss(self, data)
+
+    monkeypatch.setattr(skafm._training.Trainer, "mean_loss", counting_mean_loss)
+    params = dict(FAST, max_iter=4, n_iter_no_change=10, early_stopping=True)
+    model = AFMRegressor(scoring=scoring, **params).fit(X, y)
+    # "loss": the score's pass gives the noise too; another scorer needs
+    # the loss besides its own predictions
+    assert len(passes) == model.n_iter_ == 4
+
+
 def test_a_float_alpha_stays_fixed_and_the_classifier_takes_no_auto(
     planted_regression, planted_classification
 ):
