@@ -31,6 +31,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_speed import (  # noqa: E402
+    RUNNERS,
+    add_shape_worker_arguments,
+    machine,
+    model_flags,
+    run_worker,
+)
 
 LIBRARIES = ("skafm", "skafm-fixed", "skafm-torch-ops", "deepctr-torch", "torchfm")
 SHAPES = {
@@ -91,8 +98,6 @@ def load_shape(name, data_dir=None):
 
 def worker(args):
     """Train one library on one shape; print its measurements as JSON."""
-    from bench_speed import RUNNERS
-
     data = load_shape(args.shape, args.data_dir)
     runner = RUNNERS["skafm" if args.worker.startswith("skafm") else args.worker]
     try:
@@ -113,8 +118,6 @@ def worker(args):
 
 
 def run_one(library, shape, n_busy, args):
-    from bench_speed import model_flags, run_worker
-
     flags = model_flags(args.epochs, SHAPES[shape], args.data_dir)
     command = [sys.executable, __file__, "--worker", library, "--shape", shape, *flags]
     environment = os.environ | ENVIRONMENTS.get(library, {})
@@ -135,16 +138,10 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data-dir", default=None, help="folder with frappe.*.libfm")
     parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--worker", choices=LIBRARIES, help=argparse.SUPPRESS)
-    parser.add_argument("--shape", choices=tuple(SHAPES), help=argparse.SUPPRESS)
-    parser.add_argument("--n-factors", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--attention-size", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    add_shape_worker_arguments(parser, LIBRARIES, SHAPES)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
-
-    from bench_speed import machine
 
     results = []
     busy_counts = [int(n) for n in args.busy.split(",")]

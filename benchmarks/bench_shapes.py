@@ -45,6 +45,15 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_speed import (  # noqa: E402
+    add_shape_worker_arguments,
+    machine,
+    model_flags,
+    run_worker,
+    time_deepctr,
+    time_torchfm,
+)
+from bench_speed import run_skafm as time_skafm  # noqa: E402
 
 LIBRARIES = ("skafm", "deepctr-torch", "torchfm")
 SHAPES = {
@@ -181,13 +190,10 @@ def load_shape(name, data_dir=None):
 
 
 def run_skafm(args, shape):
-    from bench_speed import run_skafm as time_skafm
-
     return time_skafm(args, (shape.X_train, shape.y_train, shape.X_test, None))
 
 
 def run_deepctr(args, shape):
-    from bench_speed import time_deepctr
     from deepctr_torch.inputs import SparseFeat
 
     names = [f"slot{s}" for s in range(len(shape.slot_sizes))]
@@ -209,8 +215,6 @@ def run_deepctr(args, shape):
 
 
 def run_torchfm(args, shape):
-    from bench_speed import time_torchfm
-
     return time_torchfm(
         args, shape.slot_sizes, shape.slots_train, shape.y_train, shape.slots_test
     )
@@ -248,8 +252,6 @@ def worker(args):
 
 
 def run_one(library, shape, args):
-    from bench_speed import model_flags, run_worker
-
     flags = model_flags(args.epochs, SHAPES[shape], args.data_dir)
     return run_worker(
         [sys.executable, __file__, "--worker", library, "--shape", shape, *flags]
@@ -263,16 +265,10 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data-dir", default=None, help="folder with frappe.*.libfm")
     parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--worker", choices=LIBRARIES, help=argparse.SUPPRESS)
-    parser.add_argument("--shape", choices=tuple(SHAPES), help=argparse.SUPPRESS)
-    parser.add_argument("--n-factors", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--attention-size", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    add_shape_worker_arguments(parser, LIBRARIES, SHAPES)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
-
-    from bench_speed import machine
 
     results = []
     for shape in args.shapes.split(","):

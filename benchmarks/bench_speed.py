@@ -265,6 +265,15 @@ def model_flags(epochs, settings, data_dir=None):
     ] + (["--data-dir", data_dir] if data_dir else [])
 
 
+def add_shape_worker_arguments(parser, libraries, shapes):
+    """The hidden flags a benchmark over shapes starts its workers with
+    (:func:`model_flags` and ``--worker LIBRARY --shape SHAPE``)."""
+    parser.add_argument("--worker", choices=libraries, help=argparse.SUPPRESS)
+    parser.add_argument("--shape", choices=tuple(shapes), help=argparse.SUPPRESS)
+    for flag in ("--n-factors", "--attention-size", "--batch-size"):
+        parser.add_argument(flag, type=int, help=argparse.SUPPRESS)
+
+
 def machine():
     """This machine, its cores and torch, as the reports name them."""
     import os
