@@ -1,12 +1,16 @@
-// Fused CPU kernels for training steps (skafm/_native.py builds them).
+// Fused CPU kernels for training steps and prediction (skafm/_native.py
+// builds them).
 //
 // Each kernel replaces a run of PyTorch operations that would each make a
 // pass over a few MB of per-pair data: in eager PyTorch those passes, not
 // the arithmetic, dominate a training step. The kernels cover the batch's
 // row gather, the feature lookup, the grouping of identical pairs, the
-// attention pooling, dropout and the optimizer's row updates; the
-// attention network's matrix products stay in PyTorch (its GEMM is faster
-// than anything written here).
+// attention pooling, dropout and the optimizer's row updates; in training
+// the attention network's matrix products stay in PyTorch (its GEMM over a
+// whole batch is faster than anything written here). An attention model's
+// prediction is one kernel, predict_attention, whose small per-row
+// products keep their accumulators in registers: for a row or a few there
+// is no batch for a GEMM to amortise its calls over.
 //
 // Work is split so that no two threads write the same element and every
 // sum is taken in a fixed order: rows, groups or fixed blocks are divided
@@ -797,6 +801,268 @@ void adam_dense(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
   });
 }
 
+// 32-byte vectors of T (GCC and Clang vector extensions): what one AVX
+// register holds, and split into narrower registers where there is none.
+template <typename T>
+struct Vector {
+  typedef T type __attribute__((vector_size(32)));
+  static constexpr int64_t lanes = 32 / sizeof(T);
+};
+
+template <typename V, typename T>
+inline V load_vector(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+// Pairs scored at once by score_pair_block; with two vectors of hidden
+// units per pair, their accumulators stay in registers while W's rows
+// stream by.
+constexpr int64_t kPairBlock = 4;
+
+template <typename T>
+constexpr int64_t hidden_block() { return 2 * Vector<T>::lanes; }
+
+// Score h^T ReLU(W p + b) and terms p_o^T p of up to kPairBlock pair
+// products. Each pair's arithmetic is the same, in the same order, whatever
+// pairs share its block: a pair's results are a function of its product
+// alone. `weight_t` is W transposed and padded with zero columns to
+// `t_padded` (a multiple of hidden_block<T>()), `hidden_bias` and `query`
+// likewise; `hidden` holds kPairBlock * t_padded values.
+template <typename T>
+void score_pair_block(const T* const* products, int64_t n, const T* weight_t,
+                      const T* hidden_bias, const T* query,
+                      const T* projection_t, int64_t k, int64_t t_padded,
+                      int64_t n_outputs, T* hidden, T* scores, T* terms) {
+  using V = typename Vector<T>::type;
+  constexpr int64_t L = Vector<T>::lanes;
+  for (int64_t block = 0; block < t_padded; block += 2 * L) {
+    V acc[kPairBlock][2];
+    const V b0 = load_vector<V>(hidden_bias + block);
+    const V b1 = load_vector<V>(hidden_bias + block + L);
+    for (int64_t q = 0; q < kPairBlock; ++q) {
+      acc[q][0] = b0;
+      acc[q][1] = b1;
+    }
+    for (int64_t f = 0; f < k; ++f) {
+      const T* w = weight_t + f * t_padded + block;
+      const V w0 = load_vector<V>(w), w1 = load_vector<V>(w + L);
+      for (int64_t q = 0; q < kPairBlock; ++q) {
+        const V a = V{} + products[q][f];
+        acc[q][0] += a * w0;
+        acc[q][1] += a * w1;
+      }
+    }
+    for (int64_t q = 0; q < kPairBlock; ++q) {
+      std::memcpy(hidden + q * t_padded + block, &acc[q][0], sizeof(V));
+      std::memcpy(hidden + q * t_padded + block + L, &acc[q][1], sizeof(V));
+    }
+  }
+  for (int64_t q = 0; q < n; ++q) {
+    T* h = hidden + q * t_padded;
+    relu(h, t_padded);
+    scores[q] = dot(h, query, t_padded);
+    for (int64_t o = 0; o < n_outputs; ++o)
+      terms[q * n_outputs + o] = dot(products[q], projection_t + o * k, k);
+  }
+}
+
+// Scores and terms of the pairs a thread has met, keyed by the two features
+// and their values: rows of one-hot data share most of their pairs. A
+// direct-mapped table whose slot keeps the key, the score and the first
+// output's term in one cache line; a pair read from it has the bits it was
+// computed with.
+template <typename T>
+struct PairCache {
+  struct Slot {
+    int64_t left, right;
+    T left_value, right_value, score, term;
+  };
+  std::vector<Slot> slots;
+  // the terms of outputs after the first, n_outputs - 1 per slot
+  std::vector<T> more_terms;
+  int64_t mask = 0, n_outputs = 1;
+
+  PairCache(int64_t expected_pairs, int64_t outputs) : n_outputs(outputs) {
+    int64_t size = 16;
+    while (size < 2 * expected_pairs && size < (1 << 16)) size <<= 1;
+    mask = size - 1;
+    slots.assign(size, Slot{-1, -1, T(0), T(0), T(0), T(0)});
+    more_terms.resize(size * (n_outputs - 1));
+  }
+
+  static int64_t key(int64_t a, int64_t b, T x, T y) {
+    const float fx = static_cast<float>(x), fy = static_cast<float>(y);
+    uint32_t bx, by;
+    std::memcpy(&bx, &fx, sizeof(bx));
+    std::memcpy(&by, &fy, sizeof(by));
+    return (a * 1000003 + b) ^ (static_cast<int64_t>(bx) << 32 | by);
+  }
+
+  int64_t slot_of(int64_t a, int64_t b, T x, T y) const {
+    return hashed_slot(key(a, b, x, y), mask);
+  }
+
+  bool holds(int64_t slot, int64_t a, int64_t b, T x, T y) const {
+    const Slot& s = slots[slot];
+    return s.left == a && s.right == b && s.left_value == x && s.right_value == y;
+  }
+
+  // score into *score and the terms into terms[0:n_outputs]
+  void read(int64_t slot, T* score, T* terms) const {
+    const Slot& s = slots[slot];
+    *score = s.score;
+    terms[0] = s.term;
+    const T* more = more_terms.data() + slot * (n_outputs - 1);
+    std::copy(more, more + n_outputs - 1, terms + 1);
+  }
+
+  void store(int64_t slot, int64_t a, int64_t b, T x, T y, T score, const T* terms) {
+    slots[slot] = Slot{a, b, x, y, score, terms[0]};
+    std::copy(terms + 1, terms + n_outputs, more_terms.data() + slot * (n_outputs - 1));
+  }
+};
+
+// An attention model's outputs for rows of a CSR matrix, each row on its
+// own: its scaled entries e_i = x_i v_i, each pair's score and terms
+// (score_pair_block, or the thread's PairCache), the softmax of the row's
+// scores, and bias + sum_i x_i w_i + sum_ij a_ij terms_ij. A row's output is
+// the same bits whatever rows are predicted with it and however many
+// threads run.
+template <typename T, typename I, typename V>
+void predict_attention_rows(const I* indptr, const I* indices, const V* data,
+                            int64_t n_rows, const T* embedding, const T* linear,
+                            const T* bias, const T* weight_t, const T* hidden_bias,
+                            const T* query, const T* projection_t, int64_t k,
+                            int64_t t_padded, int64_t n_outputs, T* out) {
+  at::parallel_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    int64_t expected_pairs = 0;
+    for (int64_t r = begin; r < end; ++r)
+      expected_pairs += n_pairs_of(indptr[r + 1] - indptr[r]);
+    PairCache<T> cache(expected_pairs, n_outputs);
+    std::vector<T> entries, values, scores, terms, weights;
+    std::vector<T> products(kPairBlock * k), block_scores(kPairBlock);
+    std::vector<T> block_hidden(kPairBlock * t_padded);
+    std::vector<T> block_terms(kPairBlock * n_outputs);
+    std::vector<int64_t> features, pair_slots;
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t start = indptr[r], width = indptr[r + 1] - start;
+      const int64_t n_pairs = n_pairs_of(width);
+      T* row_out = out + r * n_outputs;
+      for (int64_t o = 0; o < n_outputs; ++o) row_out[o] = bias[o];
+      entries.resize(width * k);
+      values.resize(width);
+      features.resize(width);
+      for (int64_t c = 0; c < width; ++c) {
+        const int64_t feature = indices[start + c];
+        const T x = static_cast<T>(static_cast<float>(data[start + c]));
+        features[c] = feature;
+        values[c] = x;
+        for (int64_t o = 0; o < n_outputs; ++o)
+          row_out[o] += x * linear[feature * n_outputs + o];
+        scale(entries.data() + c * k, x, embedding + feature * k, k);
+      }
+      if (n_pairs == 0) continue;
+      scores.resize(n_pairs);
+      terms.resize(n_pairs * n_outputs);
+      weights.resize(n_pairs);
+      // pairs not in the cache wait in a block: (pair number, slot, i, j)
+      int64_t pending[kPairBlock][4];
+      const T* block_products[kPairBlock];
+      int64_t n_pending = 0;
+      auto score_pending = [&]() {
+        for (int64_t q = 0; q < kPairBlock; ++q)
+          block_products[q] = products.data() + std::min(q, n_pending - 1) * k;
+        score_pair_block(block_products, n_pending, weight_t, hidden_bias, query,
+                         projection_t, k, t_padded, n_outputs, block_hidden.data(),
+                         block_scores.data(), block_terms.data());
+        for (int64_t q = 0; q < n_pending; ++q) {
+          const int64_t p = pending[q][0], i = pending[q][2], j = pending[q][3];
+          const T* pair_terms = block_terms.data() + q * n_outputs;
+          scores[p] = block_scores[q];
+          std::copy(pair_terms, pair_terms + n_outputs, terms.data() + p * n_outputs);
+          cache.store(pending[q][1], features[i], features[j], values[i], values[j],
+                      block_scores[q], pair_terms);
+        }
+        n_pending = 0;
+      };
+      // every pair's slot first, its cache line asked for: the table is
+      // larger than the caches, and the row's lookups then overlap
+      pair_slots.resize(n_pairs);
+      int64_t p = 0;
+      for (int64_t i = 0; i < width; ++i) {
+        for (int64_t j = i + 1; j < width; ++j, ++p) {
+          pair_slots[p] = cache.slot_of(features[i], features[j], values[i], values[j]);
+          __builtin_prefetch(cache.slots.data() + pair_slots[p]);
+        }
+      }
+      p = 0;
+      for (int64_t i = 0; i < width; ++i) {
+        for (int64_t j = i + 1; j < width; ++j, ++p) {
+          const int64_t slot = pair_slots[p];
+          if (cache.holds(slot, features[i], features[j], values[i], values[j])) {
+            cache.read(slot, scores.data() + p, terms.data() + p * n_outputs);
+            continue;
+          }
+          multiply(products.data() + n_pending * k, entries.data() + i * k,
+                   entries.data() + j * k, k);
+          pending[n_pending][0] = p;
+          pending[n_pending][1] = slot;
+          pending[n_pending][2] = i;
+          pending[n_pending][3] = j;
+          if (++n_pending == kPairBlock) score_pending();
+        }
+      }
+      if (n_pending > 0) score_pending();
+      row_softmax(scores.data(), static_cast<const bool*>(nullptr), n_pairs,
+                  weights.data());
+      for (int64_t q = 0; q < n_pairs; ++q)
+        for (int64_t o = 0; o < n_outputs; ++o)
+          row_out[o] += weights[q] * terms[q * n_outputs + o];
+    }
+  });
+}
+
+at::Tensor predict_attention(const at::Tensor& indptr, const at::Tensor& indices,
+                             const at::Tensor& data, const at::Tensor& embedding_in,
+                             const at::Tensor& linear_in, const at::Tensor& bias_in,
+                             const at::Tensor& weight, const at::Tensor& hidden_bias,
+                             const at::Tensor& query, const at::Tensor& projection) {
+  const at::Tensor embedding = embedding_in.contiguous(), linear = linear_in.contiguous();
+  const at::Tensor bias = bias_in.contiguous();
+  TORCH_CHECK(indptr.scalar_type() == indices.scalar_type(),
+              "predict_attention: indptr and indices of one type");
+  const int64_t n_rows = indptr.size(0) - 1, k = embedding.size(1);
+  const int64_t t = weight.size(0), n_outputs = bias.size(0);
+  at::Tensor projection_t = projection.t().contiguous();
+  at::Tensor out = at::empty({n_rows, n_outputs}, embedding.options());
+  AT_DISPATCH_FLOATING_TYPES(embedding.scalar_type(), "predict_attention", [&] {
+    using T = scalar_t;
+    // zero hidden units up to a whole register block: their ReLU is 0 and
+    // their query weight 0, so they add nothing to a score
+    constexpr int64_t block = hidden_block<T>();
+    const int64_t t_padded = (t + block - 1) / block * block;
+    at::Tensor weight_t = at::zeros({k, t_padded}, weight.options());
+    weight_t.narrow(1, 0, t).copy_(weight.t());
+    at::Tensor padded_bias = at::zeros({t_padded}, weight.options());
+    padded_bias.narrow(0, 0, t).copy_(hidden_bias.reshape({t}));
+    at::Tensor padded_query = at::zeros({t_padded}, weight.options());
+    padded_query.narrow(0, 0, t).copy_(query.reshape({t}));
+    AT_DISPATCH_INDEX_TYPES(indptr.scalar_type(), "predict_attention", [&] {
+      using I = index_t;
+      AT_DISPATCH_FLOATING_TYPES(data.scalar_type(), "predict_attention", [&] {
+        predict_attention_rows(
+            indptr.data_ptr<I>(), indices.data_ptr<I>(), data.data_ptr<scalar_t>(),
+            n_rows, embedding.data_ptr<T>(), linear.data_ptr<T>(), bias.data_ptr<T>(),
+            weight_t.data_ptr<T>(), padded_bias.data_ptr<T>(), padded_query.data_ptr<T>(),
+            projection_t.data_ptr<T>(), k, t_padded, n_outputs, out.data_ptr<T>());
+      });
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(skafm, m) {
@@ -848,4 +1114,9 @@ TORCH_LIBRARY(skafm, m) {
       "pad_rows(Tensor indptr, Tensor indices, Tensor data, Tensor rows) "
       "-> (Tensor, Tensor, Tensor)",
       &pad_rows);
+  m.def(
+      "predict_attention(Tensor indptr, Tensor indices, Tensor data, Tensor embedding, "
+      "Tensor linear, Tensor bias, Tensor weight, Tensor hidden_bias, Tensor query, "
+      "Tensor projection) -> Tensor",
+      &predict_attention);
 }

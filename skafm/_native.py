@@ -1,11 +1,12 @@
-"""Fused CPU kernels for training, compiled on first use.
+"""Fused CPU kernels for training and prediction, compiled on first use.
 
 A training step in eager PyTorch makes dozens of passes over a batch's
 per-pair tensors, and on the CPU those passes, not the arithmetic, take most
 of its time. ``_kernels.cpp`` fuses them: the batch's row gather, the
 feature lookup, the grouping of identical pairs, the attention pooling
 around the attention network's matrix products, dropout and the
-optimizer's row updates, each in one or two passes. skafm ships them as source:
+optimizer's row updates, each in one or two passes, and an attention
+model's whole prediction. skafm ships them as source:
 they are compiled with the system's C++ compiler against the installed
 torch the first time a model trains on the CPU, cached on disk, and loaded
 as ``torch.ops.skafm``; :mod:`skafm._nn.ops` decides which operations use
@@ -58,6 +59,7 @@ REQUIRED_KERNELS = (
     "relu_scores",
     "dropout",
     "pad_rows",
+    "predict_attention",
 )
 
 

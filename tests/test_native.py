@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import torch
 
 import skafm._native as native
-from skafm import AFMRegressor
+from skafm import AFMClassifier, AFMRegressor
 from skafm._batching import as_active_features, pad_rows
 from skafm._nn import ops
 from skafm._nn.functional import every_pair, pair_selectors, pairs_of
@@ -300,30 +300,110 @@ def test_fitted_models_agree_with_and_without_the_kernels(kernels, monkeypatch):
     np.testing.assert_allclose(fused, plain, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-def test_predictions_take_the_kernels_pair_products_and_keep_their_bits(
-    kernels, monkeypatch
-):
-    X, y, _ = make_interaction_data(800, n_fields=6, n_categories=30, random_state=0)
-    # non-unit values: rows whose pairs are scored one by one and grouped rows
+def prediction_problem(n_rows=800):
+    """Rows of 0-7 features with non-unit values: repeated and unique pairs."""
+    X, y, _ = make_interaction_data(n_rows, n_fields=6, n_categories=30, random_state=0)
     X = X.multiply(np.linspace(0.5, 2.0, X.shape[1])).tocsr()
-    model = AFMRegressor(**{**FAST, "max_iter": 2, "n_factors": 12}).fit(X, y)
+    rng = np.random.RandomState(1)
+    # rows of 0, 1 and 7 features as well as 6
+    X = sp.lil_matrix(X)
+    X[0, :] = 0
+    X[1, 2:] = 0
+    X[2, 5] = 1.5
+    X[3, 6] = -0.25
+    return as_active_features(sp.csr_matrix(X)), y + rng.normal(0, 0.1, n_rows)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("classes", [0, 2, 3])
+def test_the_prediction_kernel_computes_the_pytorch_prediction(
+    kernels, monkeypatch, classes
+):
+    X, y = prediction_problem()
+    settings = {**FAST, "max_iter": 2, "n_factors": 12, "attention_size": 5}
+    if classes:
+        model = AFMClassifier(**settings).fit(X, np.arange(len(y)) % classes)
+        predict = model.predict_proba
+    else:
+        model = AFMRegressor(**settings).fit(X, y)
+        predict = model.predict
     calls = []
-    real = kernels.pair_products
+    real = kernels.predict_attention
 
     class Recording:
         def __getattr__(self, name):
             return getattr(kernels, name)
 
-        def pair_products(self, *args):
-            calls.append(len(args[1]))
+        def predict_attention(self, *args):
+            calls.append(len(args[0]) - 1)
             return real(*args)
 
     monkeypatch.setattr(ops, "kernels_for", lambda tensor: Recording())
-    with_kernels = model.predict(X)
-    assert calls
+    fused = predict(X)
+    assert calls == [X.shape[0]]
     monkeypatch.setattr(ops, "kernels_for", lambda tensor: None)
-    np.testing.assert_array_equal(with_kernels, model.predict(X))
+    plain = predict(X)
+    assert not np.array_equal(fused, plain)  # two computations, not one
+    np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_a_rows_fused_prediction_is_the_same_bits_alone_and_with_any_threads(
+    kernels,
+):
+    X, y = prediction_problem()
+    model = AFMRegressor(**{**FAST, "max_iter": 2, "n_factors": 12}).fit(X, y)
+    with thread_limit(1):
+        together = model.predict(X)
+    with thread_limit(2):
+        assert np.array_equal(model.predict(X), together)
+        # a row alone meets none of the pairs other rows put in the cache
+        alone = [model.predict(X[i])[0] for i in range(0, X.shape[0], 37)]
+        reversed_rows = model.predict(X[::-1])[::-1]
+    np.testing.assert_array_equal(alone, together[::37])
+    np.testing.assert_array_equal(reversed_rows, together)
+
+
+def test_the_prediction_kernel_takes_int32_and_int64_indices_and_float64_data(
+    kernels,
+):
+    X, _ = prediction_problem(200)
+    k, t = 8, 20  # t not a whole number of the kernel's blocks of hidden units
+    generator = torch.Generator().manual_seed(0)
+    embedding = torch.randn(X.shape[1], k, generator=generator)
+    linear = torch.randn(X.shape[1], 1, generator=generator)
+    bias = torch.randn(1, generator=generator)
+    W, b, query = (p.detach() for p in network(k, t, torch.float32))
+    projection = torch.randn(k, 1, generator=generator)
+    parts = (embedding, linear, bias, W, b, query, projection)
+
+    def fused(indptr, indices, data):
+        return kernels.predict_attention(
+            *(torch.from_numpy(a) for a in (indptr, indices, data)), *parts
+        )
+
+    expected = fused(X.indptr, X.indices, X.data.astype(np.float32))
+    for index_type in (np.int32, np.int64):
+        for data_type in (np.float32, np.float64):
+            got = fused(
+                X.indptr.astype(index_type),
+                X.indices.astype(index_type),
+                X.data.astype(data_type),
+            )
+            assert torch.equal(got, expected)
+    # the definition, row by row
+    for row in range(X.shape[0]):
+        cols = X.indices[X.indptr[row] : X.indptr[row + 1]]
+        values = torch.from_numpy(X.data[X.indptr[row] : X.indptr[row + 1]])
+        e = embedding[cols].double() * values.double().unsqueeze(1)
+        output = bias.double() + values.double() @ linear[cols].double()
+        if len(cols) > 1:
+            left, right = torch.triu_indices(len(cols), len(cols), offset=1)
+            products = e[left] * e[right]
+            hidden = torch.relu(products @ W.double().t() + b.double())
+            weights = torch.softmax((hidden @ query.double()).squeeze(1), dim=0)
+            output = output + weights @ (products @ projection.double())
+        np.testing.assert_allclose(expected[row].double(), output, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -497,7 +577,7 @@ def no_compiler(*args, **kwargs):
 subprocess.run = no_compiler
 import numpy as np
 import skafm._native as native
-from skafm import AFMRegressor
+from skafm import AFMClassifier, AFMRegressor
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     assert native.kernels() is None

@@ -1,11 +1,13 @@
 """Prediction and explanation: the network's outputs without dropout or gradients.
 
-Rows are predicted in chunks of one width (:func:`predict_batches`), so
-nothing is padded and a row's output is the same bits alone or among
-others. An attention model's output is summed pair by pair
-(:func:`predicted_output`); the explanations list the same terms, pair by
-pair (:func:`additive_parts`). Both run in PyTorch operations on every
-device, except the pairs' products, which :mod:`.ops` computes.
+On the CPU an attention model's rows go to one fused kernel
+(:func:`.ops.attention_prediction`), which computes each row on its own.
+Elsewhere rows are predicted in chunks of one width
+(:func:`predict_batches`), so nothing is padded, and the output is summed
+pair by pair (:func:`predicted_output`). Either way a row's output is the
+same bits alone or among others. The explanations list the same terms,
+pair by pair (:func:`additive_parts`), in PyTorch operations on every
+device.
 """
 
 import numpy as np
@@ -31,6 +33,9 @@ from .workspace import PairWorkspace
 # Floats in the per-pair tensors of one prediction chunk, and its rows at most
 PREDICT_FLOAT_BUDGET = 1 << 22
 PREDICT_MAX_ROWS = 1 << 15
+# Rows per call of the fused prediction kernel: each call's outputs are
+# copied out before the next, and a thread's cache of pairs serves its share
+FUSED_PREDICT_ROWS = 1 << 16
 # Floats in one (pairs, k) or (pairs, t) intermediate of a slice of pairs
 # scored at once: 1 MB stays in cache, and slices are long enough that the
 # per-slice overhead stays small when k and t are.
@@ -60,6 +65,15 @@ def predicted_chunks(module, X_csr):
     widths = row_widths(X_csr)
     check_row_widths(widths, module.floats_per_pair if module.attention else 0)
     module.eval()
+    fused = ops.attention_prediction(module) if module.attention else None
+    if fused is not None:
+        n_rows, indptr = X_csr.shape[0], X_csr.indptr
+        for start in range(0, n_rows, FUSED_PREDICT_ROWS):
+            stop = min(start + FUSED_PREDICT_ROWS, n_rows)
+            with torch.inference_mode():
+                output = fused(indptr[start : stop + 1], X_csr.indices, X_csr.data)
+            yield np.arange(start, stop), output
+        return
     for rows in predict_batches(widths, module.floats_per_pair_at_inference):
         with torch.inference_mode():
             batch = pad_rows(X_csr, rows).to(module.bias.device)
@@ -254,12 +268,13 @@ def score_pairs(entries, slices, n_pairs, W, b, query, projection):
     workspace = PairWorkspace()
     for start, n_valid, left, right in slices:
         shape = (len(left), k)
-        products = ops.pair_products(
-            entries,
-            left,
-            right,
-            workspace.get("products", shape, entries),
-            workspace.get("right", shape, entries),
+        products = torch.index_select(
+            entries, 0, left, out=workspace.get("products", shape, entries)
+        )
+        products.mul_(
+            torch.index_select(
+                entries, 0, right, out=workspace.get("right", shape, entries)
+            )
         )
         _, slice_scores = chunked_attention_network(products, W, b, query, workspace)
         stop = start + n_valid

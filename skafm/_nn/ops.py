@@ -13,16 +13,19 @@ attention pooling           CPU, float32 or float64, width>1   grouped or pairwi
 dropout                     CPU, float32 or float64            anywhere else
 gathering a batch's rows    always on the CPU, when built      when not built
 Adam's row updates          CPU parameters                     any other device
-a prediction's pair         CPU, float32 or float64            any other device
-products
+an attention model's        CPU, float32 or float64            any other device
+prediction
 ==========================  =================================  ====================
 
-The rest of an attention model's prediction and the explanations run in
-PyTorch operations (:mod:`.inference`); a plain FM predicts with its
-training forward pass, whose feature lookup is chosen here like training's.
+On the CPU an attention model predicts rows of a CSR matrix in one kernel
+pass (:func:`attention_prediction`); elsewhere :mod:`.inference` runs it in
+PyTorch operations, as it runs the explanations everywhere. A plain FM
+predicts with its training forward pass, whose feature lookup is chosen
+here like training's.
 ``SKAFM_NATIVE_KERNELS=0`` turns every fused path off.
 """
 
+import numpy as np
 import torch
 
 from .. import _native
@@ -51,19 +54,39 @@ def batch_gathering_kernels():
     return _native.kernels()
 
 
-def pair_products(entries, left, right, out, scratch):
-    """``entries[left] * entries[right]`` into ``out``, row by row.
+def attention_prediction(module):
+    """A function predicting CSR rows with the fused kernel, or None.
 
-    The kernel gathers and multiplies in one pass; PyTorch gathers both
-    sides (the right one into ``scratch``) and multiplies. Each product is
-    one rounded multiplication either way, so both give the same bits.
+    The function takes ``(indptr, indices, data)`` of a range of rows (the
+    range's slice of ``indptr``, whose offsets point into the whole
+    ``indices`` and ``data``) and returns the raw outputs, shaped
+    (n_rows, n_outputs), in the module's dtype. None where the kernel does
+    not serve the module (not on the CPU, or the kernels are off).
     """
-    kernels = kernels_for(entries)
-    if kernels is not None and entries.is_contiguous():
-        kernels.pair_products(entries, left, right, out)
-        return out
-    torch.index_select(entries, 0, left, out=out)
-    return out.mul_(torch.index_select(entries, 0, right, out=scratch))
+    kernels = kernels_for(module.embedding)
+    if kernels is None:
+        return None
+    network = (
+        module.embedding,
+        module.linear,
+        module.bias,
+        module.attention_weight,
+        module.attention_bias,
+        module.attention_query,
+        module.projection,
+    )
+
+    def predict(indptr, indices, data):
+        if indptr.dtype != indices.dtype:
+            indptr, indices = indptr.astype(np.int64), indices.astype(np.int64)
+        return kernels.predict_attention(
+            torch.from_numpy(indptr),
+            torch.from_numpy(indices),
+            torch.from_numpy(data),
+            *network,
+        )
+
+    return predict
 
 
 def feature_lookup(index, value, penalty_weight, embedding, linear, with_penalty):
