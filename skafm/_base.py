@@ -643,6 +643,11 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
         with prediction_threads(self.n_threads):
             return predict_raw(self.module_, as_active_features(X))
 
+    def __sklearn_is_fitted__(self):
+        # what check_is_fitted asks; without it, it scans every attribute's
+        # name, which takes longer than predicting a row
+        return hasattr(self, "module_")
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True

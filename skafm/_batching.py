@@ -61,7 +61,9 @@ def as_active_features(X):
     """
     if not sp.issparse(X):
         return sp.csr_matrix(np.asarray(X))
-    X_csr = sp.csr_matrix(X, copy=False)
+    # a csr_matrix is taken as it is (building another object around its
+    # arrays takes longer than predicting a row)
+    X_csr = X if type(X) is sp.csr_matrix else sp.csr_matrix(X, copy=False)
     has_stored_zeros = X_csr.nnz > 0 and not np.all(X_csr.data)
     if not X_csr.has_canonical_format or has_stored_zeros:
         # csr_matrix(X, copy=False) may share buffers with the caller's matrix

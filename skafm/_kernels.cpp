@@ -1035,28 +1035,36 @@ at::Tensor predict_attention(const at::Tensor& indptr, const at::Tensor& indices
               "predict_attention: indptr and indices of one type");
   const int64_t n_rows = indptr.size(0) - 1, k = embedding.size(1);
   const int64_t t = weight.size(0), n_outputs = bias.size(0);
-  at::Tensor projection_t = projection.t().contiguous();
+  const at::Tensor W = weight.contiguous(), b = hidden_bias.contiguous();
+  const at::Tensor h = query.contiguous(), P = projection.contiguous();
   at::Tensor out = at::empty({n_rows, n_outputs}, embedding.options());
   AT_DISPATCH_FLOATING_TYPES(embedding.scalar_type(), "predict_attention", [&] {
     using T = scalar_t;
-    // zero hidden units up to a whole register block: their ReLU is 0 and
-    // their query weight 0, so they add nothing to a score
+    // W and p transposed, in plain loops: ATen operations would cost more
+    // than a row's arithmetic. Zero hidden units pad W to a whole register
+    // block: their ReLU is 0 and their query weight 0, so they add nothing
+    // to a score.
     constexpr int64_t block = hidden_block<T>();
     const int64_t t_padded = (t + block - 1) / block * block;
-    at::Tensor weight_t = at::zeros({k, t_padded}, weight.options());
-    weight_t.narrow(1, 0, t).copy_(weight.t());
-    at::Tensor padded_bias = at::zeros({t_padded}, weight.options());
-    padded_bias.narrow(0, 0, t).copy_(hidden_bias.reshape({t}));
-    at::Tensor padded_query = at::zeros({t_padded}, weight.options());
-    padded_query.narrow(0, 0, t).copy_(query.reshape({t}));
+    std::vector<T> weight_t(k * t_padded, T(0)), padded_bias(t_padded, T(0));
+    std::vector<T> padded_query(t_padded, T(0)), projection_t(n_outputs * k);
+    const T* w = W.data_ptr<T>();
+    for (int64_t u = 0; u < t; ++u) {
+      for (int64_t f = 0; f < k; ++f) weight_t[f * t_padded + u] = w[u * k + f];
+      padded_bias[u] = b.data_ptr<T>()[u];
+      padded_query[u] = h.data_ptr<T>()[u];
+    }
+    for (int64_t f = 0; f < k; ++f)
+      for (int64_t o = 0; o < n_outputs; ++o)
+        projection_t[o * k + f] = P.data_ptr<T>()[f * n_outputs + o];
     AT_DISPATCH_INDEX_TYPES(indptr.scalar_type(), "predict_attention", [&] {
       using I = index_t;
       AT_DISPATCH_FLOATING_TYPES(data.scalar_type(), "predict_attention", [&] {
         predict_attention_rows(
             indptr.data_ptr<I>(), indices.data_ptr<I>(), data.data_ptr<scalar_t>(),
             n_rows, embedding.data_ptr<T>(), linear.data_ptr<T>(), bias.data_ptr<T>(),
-            weight_t.data_ptr<T>(), padded_bias.data_ptr<T>(), padded_query.data_ptr<T>(),
-            projection_t.data_ptr<T>(), k, t_padded, n_outputs, out.data_ptr<T>());
+            weight_t.data(), padded_bias.data(), padded_query.data(),
+            projection_t.data(), k, t_padded, n_outputs, out.data_ptr<T>());
       });
     });
   });
