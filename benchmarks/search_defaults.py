@@ -11,6 +11,12 @@ bench_suite.py.
         --json out.jsonl
     python benchmarks/search_defaults.py movielens-reg '[{"alpha": 10}]' \
         --seed 0,1,2   # each seed, and the mean of the three models' outputs
+    python benchmarks/search_defaults.py movielens-reg \
+        '[{"n_kept_samples": 1}]' --system myfm   # myFM on the same split
+
+With ``--system myfm`` a parameter set holds myFM's ``rank`` (32 unless
+given) and its ``fit`` options ``n_iter`` (200) and ``n_kept_samples`` (150),
+the settings bench_suite.py runs it with.
 """
 
 import argparse
@@ -67,6 +73,21 @@ def evaluate(problem, model, X, y):
     return metrics(problem, model_output(problem, model, X), y)
 
 
+def myfm_output(problem, params, seed, X_fit, y_fit, X_val):
+    """myFM's clipped predictions or probabilities on X_val."""
+    import myfm
+
+    params = dict(params)
+    rank = params.pop("rank", 32)
+    options = {"n_iter": 200, "n_kept_samples": 150, **params}
+    if problem.task == "regression":
+        model = myfm.MyFMRegressor(rank=rank, random_seed=seed)
+        output = model.fit(X_fit, y_fit, **options).predict(X_val)
+        return output if problem.clip is None else np.clip(output, *problem.clip)
+    model = myfm.MyFMClassifier(rank=rank, random_seed=seed)
+    return model.fit(X_fit, y_fit, **options).predict_proba(X_val)
+
+
 def main(argv=None):
     from skafm import AFMClassifier, AFMRegressor
 
@@ -80,6 +101,12 @@ def main(argv=None):
         "of their outputs, a line of its own",
     )
     parser.add_argument("--json", default=None, help="append JSON lines here")
+    parser.add_argument(
+        "--system",
+        choices=("skafm", "myfm"),
+        default="skafm",
+        help="whose parameter sets these are",
+    )
     args = parser.parse_args(argv)
     seeds = [int(seed) for seed in args.seed.split(",")]
     problem = LOADERS[args.dataset]()
@@ -97,6 +124,20 @@ def main(argv=None):
         outputs = []
         for seed in seeds:
             start = time.perf_counter()
+            if args.system == "myfm":
+                output = myfm_output(problem, params, seed, X_fit, y_fit, X_val)
+                outputs.append(output)
+                report(
+                    {
+                        "dataset": args.dataset,
+                        "system": "myfm",
+                        "params": params,
+                        "seed": seed,
+                        **metrics(problem, output, y_val),
+                        "seconds": round(time.perf_counter() - start, 1),
+                    }
+                )
+                continue
             model = estimator(random_state=seed, **params).fit(X_fit, y_fit)
             seconds = time.perf_counter() - start
             outputs.append(model_output(problem, model, X_val))
