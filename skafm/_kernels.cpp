@@ -28,6 +28,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -48,6 +49,33 @@ constexpr int64_t kRowGrain = 8;
 constexpr int64_t kGroupGrain = 256;
 // How many rows ahead the table updates prefetch.
 constexpr int64_t kPrefetchRows = 8;
+// Chunks each thread's share of a range is cut into (see dynamic_for).
+constexpr int64_t kChunksPerThread = 8;
+
+// at::parallel_for with the range claimed chunk by chunk from a shared
+// counter instead of cut into one static share per thread: a thread that
+// the operating system deschedules, or whose rows are wider, holds back one
+// chunk, not the whole call. Every caller writes each index's results on
+// their own, so the split never changes a bit of the output.
+template <typename F>
+void dynamic_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  const int64_t n = end - begin;
+  if (n <= 0) return;
+  const int64_t threads = at::get_num_threads();
+  if (threads <= 1 || n <= grain || at::in_parallel_region()) {
+    f(begin, end);
+    return;
+  }
+  const int64_t chunk = std::max(grain, (n + threads * kChunksPerThread - 1) /
+                                            (threads * kChunksPerThread));
+  const int64_t n_chunks = (n + chunk - 1) / chunk;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, n_chunks), 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < n_chunks;
+         c = next.fetch_add(1, std::memory_order_relaxed))
+      f(begin + c * chunk, std::min(end, begin + (c + 1) * chunk));
+  });
+}
 
 template <typename T>
 const T* optional_data(const std::optional<at::Tensor>& t) {
@@ -151,7 +179,7 @@ void pair_products(const at::Tensor& flat, const at::Tensor& left,
   AT_DISPATCH_FLOATING_TYPES(flat.scalar_type(), "pair_products", [&] {
     const scalar_t* e = flat.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, n, kGroupGrain, [&](int64_t begin, int64_t end) {
+    dynamic_for(0, n, kGroupGrain, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g) multiply(o + g * k, e + l[g] * k, e + r[g] * k, k);
     });
   });
@@ -231,7 +259,7 @@ at::Tensor pool_forward(const at::Tensor& scaled, const at::Tensor& scores,
     const scalar_t* kp = optional_data<scalar_t>(keep);
     scalar_t* w_all = weights.data_ptr<scalar_t>();
     scalar_t* out = pooled.data_ptr<scalar_t>();
-    at::parallel_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    dynamic_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> row_scores(n_pairs), used(n_pairs), acc(k);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t first = r * n_pairs;
@@ -271,7 +299,7 @@ void pool_backward(const at::Tensor& scaled, const at::Tensor& weights,
     const scalar_t* gp = grad_pooled.data_ptr<scalar_t>();
     scalar_t* gs_all = grad_scores.data_ptr<scalar_t>();
     scalar_t* ge_all = grad_scaled.data_ptr<scalar_t>();
-    at::parallel_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    dynamic_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> scaled_grad(k), grad_weights(n_pairs);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t first = r * n_pairs;
@@ -343,7 +371,7 @@ std::tuple<at::Tensor, at::Tensor> hidden_grad(const at::Tensor& grad_scores,
     } else {
       std::copy(gs, gs + n_occurrences, gg);
     }
-    at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
+    dynamic_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t block = begin; block < end; ++block) {
         const int64_t stop = std::min(n_groups, (block + 1) * kReductionBlock);
         for (int64_t g = block * kReductionBlock; g < stop; ++g) {
@@ -365,7 +393,7 @@ at::Tensor relu_scores(at::Tensor& hidden, const at::Tensor& query) {
     scalar_t* h = hidden.data_ptr<scalar_t>();
     const scalar_t* q = query.data_ptr<scalar_t>();
     scalar_t* out = scores.data_ptr<scalar_t>();
-    at::parallel_for(0, n_groups, kGroupGrain, [&](int64_t begin, int64_t end) {
+    dynamic_for(0, n_groups, kGroupGrain, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g) {
         relu(h + g * t, t);
         out[g] = dot(h + g * t, q, t);
@@ -396,7 +424,7 @@ void scatter_pair_grads(const at::Tensor& flat, const at::Tensor& grad_products,
     const scalar_t* e = flat.data_ptr<scalar_t>();
     const scalar_t* gp = grad_products.data_ptr<scalar_t>();
     scalar_t* ge = grad_flat.data_ptr<scalar_t>();
-    at::parallel_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    dynamic_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = start[begin]; i < start[end]; ++i) {
         const int64_t g = order[i];
         add_product(ge + l[g] * k, e + r[g] * k, gp + g * k, k);
@@ -481,7 +509,7 @@ void lazy_adam(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
     const scalar_t weight = scalar_t(1 - beta1), decay = scalar_t(beta2);
     const scalar_t new_share = scalar_t(1 - beta2), size = scalar_t(step_size);
     const scalar_t epsilon = scalar_t(eps);
-    at::parallel_for(0, n_rows, kGroupGrain, [&](int64_t begin, int64_t end) {
+    dynamic_for(0, n_rows, kGroupGrain, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> grad(k);
       for (int64_t u = begin; u < end; ++u) {
         if (u + kPrefetchRows < end) {
@@ -615,7 +643,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> feature_lookup(
     scalar_t* out = scaled.data_ptr<scalar_t>();
     scalar_t* terms = linear_term.data_ptr<scalar_t>();
     scalar_t* norms = with_penalty ? norm.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    dynamic_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         scalar_t* term = terms + r * n_out;
         std::fill(term, term + n_out, scalar_t(0));
@@ -666,7 +694,7 @@ std::tuple<at::Tensor, at::Tensor> feature_lookup_backward(
     const scalar_t* gn = optional_data<scalar_t>(grad_norm);
     scalar_t* gr = grad_rows.data_ptr<scalar_t>();
     scalar_t* glr = grad_linear_rows.data_ptr<scalar_t>();
-    at::parallel_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    dynamic_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         for (int64_t i = r * width; i < (r + 1) * width; ++i) {
           scale(gr + i * k, x[i], gs + i * k, k);
@@ -723,7 +751,7 @@ at::Tensor dropout(const at::Tensor& x, double rate, const at::Tensor& seeds) {
     const scalar_t* in = input.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     const scalar_t kept_scale = scalar_t(1.0 / (1.0 - rate));
-    at::parallel_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    dynamic_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r)
         dropout_row(in + r * row_length, o + r * row_length, row_length,
                     static_cast<uint64_t>(seed[r]), threshold, kept_scale);
@@ -740,7 +768,7 @@ template <typename I, typename V>
 void fill_padded_rows(const I* indptr, const I* indices, const V* data,
                       const int64_t* rows, int64_t n, int64_t width, int64_t* index,
                       float* value, bool* mask) {
-  at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+  dynamic_for(0, n, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t start = indptr[rows[r]], length = indptr[rows[r] + 1] - start;
       for (int64_t c = 0; c < length; ++c) {
@@ -793,7 +821,7 @@ void adam_dense(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
     scalar_t* m = exp_avg.data_ptr<scalar_t>();
     scalar_t* v = exp_avg_sq.data_ptr<scalar_t>();
     const scalar_t* gr = g.data_ptr<scalar_t>();
-    at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
+    dynamic_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
       adam_update(w + begin, m + begin, v + begin, gr + begin, scalar_t(1 - beta1),
                   scalar_t(beta2), scalar_t(1 - beta2), scalar_t(step_size),
                   scalar_t(eps), end - begin);
@@ -936,7 +964,7 @@ void predict_attention_rows(const I* indptr, const I* indices, const V* data,
                             const T* bias, const T* weight_t, const T* hidden_bias,
                             const T* query, const T* projection_t, int64_t k,
                             int64_t t_padded, int64_t n_outputs, T* out) {
-  at::parallel_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
+  dynamic_for(0, n_rows, kRowGrain, [&](int64_t begin, int64_t end) {
     int64_t expected_pairs = 0;
     for (int64_t r = begin; r < end; ++r)
       expected_pairs += n_pairs_of(indptr[r + 1] - indptr[r]);
