@@ -640,7 +640,7 @@ class BaseAFM(StateMixin, BaseEstimator, metaclass=ABCMeta):
         """Validated X -> network outputs, float64 of shape (n_samples, n_outputs)."""
         check_is_fitted(self)
         X = self._prediction_input(X)
-        with prediction_threads(self.n_threads):
+        with prediction_threads(self.n_threads, X.shape[0]):
             return predict_raw(self.module_, as_active_features(X))
 
     def __sklearn_is_fitted__(self):

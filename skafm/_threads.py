@@ -456,9 +456,22 @@ def free_core_threads(limit):
     return int(min(limit, max(1, math.ceil(free - 0.5))))
 
 
+# Predictions of this many rows or fewer run on one thread whatever the
+# count (the kernels' smallest share is 8 rows, torch's small operations are
+# serial): choosing a count would cost more than the prediction.
+SERIAL_PREDICTION_ROWS = 8
+
+
 @contextlib.contextmanager
-def prediction_threads(n_threads):
-    """``thread_limit(n_threads)``, lowered to the cores free of other work."""
+def prediction_threads(n_threads, n_rows):
+    """``thread_limit(n_threads)``, lowered to the cores free of other work.
+
+    A prediction of at most ``SERIAL_PREDICTION_ROWS`` rows leaves the
+    thread count as it is and does not read the machine's load.
+    """
+    if n_rows <= SERIAL_PREDICTION_ROWS:
+        yield
+        return
     with thread_limit(n_threads):
         limit = torch.get_num_threads()
         chosen = free_core_threads(limit)

@@ -309,3 +309,23 @@ def test_fit_and_predict_keep_within_a_one_core_quota(monkeypatch):
     assert seen and all(threads == 1 for _, threads in seen), seen
     assert {kind for kind, _ in seen} == {"fit", "predict"}
     assert torch.get_num_threads() == before
+
+
+def test_a_few_rows_predict_without_reading_the_load(monkeypatch):
+    X, y, _ = make_interaction_data(300, n_fields=4, n_categories=4, random_state=0)
+    model = AFMRegressor(**{**FAST, "max_iter": 2}).fit(X, y)
+    reference = model.predict(X)
+    reads = []
+
+    def reading(longest):
+        reads.append(longest)
+        return 2.0
+
+    monkeypatch.setattr(skafm._threads, "_PREDICTION_LOAD", reading)
+    rows = skafm._threads.SERIAL_PREDICTION_ROWS
+    np.testing.assert_array_equal(model.predict(X[:1]), reference[:1])
+    np.testing.assert_array_equal(model.predict(X[:rows]), reference[:rows])
+    assert reads == []
+    np.testing.assert_array_equal(model.predict(X[: rows + 1]), reference[: rows + 1])
+    may_lower = min(torch.get_num_threads(), skafm._threads.usable_cores()) > 1
+    assert len(reads) == (1 if may_lower else 0)
